@@ -1,0 +1,365 @@
+"""The devstack-gate configuration file: load, validate, and give back plain objects.
+
+Every script validates the whole file at start, before touching a database or a
+cloud.  Validation is driven by one table per section (``GLOBAL_KEYS``,
+``PROVIDER_KEYS``, ``IMAGE_KEYS``): each key has a type, a default (or is
+required) and optional bounds or choices.  Every problem found becomes one line
+naming the file, the key path (``providers[1].images[0].min-ready``) and what
+was expected; all of them are reported together as a :class:`ConfigError`.
+
+Credentials never live here: a provider names an entry of clouds.yaml (the
+OpenStack convention), found on the usual search path or $OS_CLIENT_CONFIG_FILE.
+"""
+
+import dataclasses
+import os
+import re
+
+import yaml
+
+from devstackgate.errors import ConfigError
+
+CONFIG_ENV = 'DEVSTACK_GATE_CONFIG'
+DEFAULT_CONFIG_PATHS = (
+    os.path.join('~', '.devstack-gate', 'devstack-gate.yaml'),
+    os.path.join(os.sep, 'etc', 'devstack-gate', 'devstack-gate.yaml'),
+)
+DEFAULT_DATABASE = 'sqlite:///~/.devstack-gate/devstack-gate.db'
+CLOUDS_YAML_ENV = 'OS_CLIENT_CONFIG_FILE'
+CLOUDS_YAML_PATHS = (
+    'clouds.yaml',
+    os.path.join('~', '.config', 'openstack', 'clouds.yaml'),
+    os.path.join(os.sep, 'etc', 'openstack', 'clouds.yaml'),
+)
+NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+
+
+class _Missing:
+    def __repr__(self):
+        return 'required'
+
+
+REQUIRED = _Missing()
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One row of a validation table."""
+    kind: str                 # 'str', 'int', 'number', 'bool', 'list', 'strlist', 'name'
+    default: object = REQUIRED
+    minimum: float = None
+    choices: tuple = None
+    doc: str = ''
+
+    def describe(self):
+        what = {
+            'str': 'a string', 'name': 'a name of letters, digits, ".", "_" or "-"',
+            'int': 'a whole number', 'number': 'a number', 'bool': 'true or false',
+            'list': 'a list', 'strlist': 'a list of strings',
+        }[self.kind]
+        if self.choices:
+            what = 'one of ' + ', '.join(repr(c) for c in self.choices)
+        elif self.minimum is not None:
+            what += ' >= %s' % _fmt(self.minimum)
+        return what
+
+
+def _fmt(n):
+    return str(int(n)) if float(n).is_integer() else str(n)
+
+
+GLOBAL_KEYS = {
+    'database': Key('str', DEFAULT_DATABASE,
+                    doc='sqlite:///path or mysql://user@host:port/db; no password here'),
+    'hold-hours': Key('number', 24, minimum=0, doc='how long failed nodes are held'),
+    'db-lock-timeout': Key('number', 30, minimum=1,
+                           doc='seconds a database lock may be waited for, per attempt'),
+    'db-retries': Key('int', 5, minimum=1, doc='attempts on a busy database'),
+    'node-prefix': Key('name', 'dg', doc='prefix of every server and image name we create'),
+    'providers': Key('list'),
+}
+
+PROVIDER_KEYS = {
+    'name': Key('name'),
+    'cloud': Key('str', doc='entry of clouds.yaml holding the credentials'),
+    'region': Key('str', None),
+    'max-servers': Key('int', 10, minimum=0),
+    'boot-timeout': Key('number', 600, minimum=1),
+    'api-rate': Key('number', 1.0, minimum=0, doc='seconds between API calls'),
+    'images': Key('list'),
+}
+
+IMAGE_KEYS = {
+    'name': Key('name', doc='the label gate jobs ask for'),
+    'base-image': Key('str', doc='image name or regex; newest match wins'),
+    'min-ram': Key('int', 2048, minimum=0, doc='smallest flavor with at least this RAM (MB)'),
+    'min-ready': Key('int', 1, minimum=0),
+    'setup': Key('strlist', (), doc='scripts run on the template before the snapshot'),
+    'username': Key('str', 'jenkins'),
+    'paused': Key('bool', False, doc='stop building new images for this label'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    name: str
+    base_image: str
+    min_ram: int
+    min_ready: int
+    setup: tuple
+    username: str
+    paused: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    cloud: str
+    region: str
+    max_servers: int
+    boot_timeout: float
+    api_rate: float
+    images: tuple
+
+    def image(self, label):
+        for image in self.images:
+            if image.name == label:
+                return image
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    path: str
+    database: str
+    hold_hours: float
+    db_lock_timeout: float
+    db_retries: int
+    node_prefix: str
+    providers: tuple
+
+    def provider(self, name):
+        for provider in self.providers:
+            if provider.name == name:
+                return provider
+        raise ConfigError([
+            '%s: providers: no provider named %r; known providers: %s'
+            % (self.path, name, ', '.join(p.name for p in self.providers) or 'none')])
+
+    def labels(self):
+        """Every label any provider offers, sorted."""
+        return sorted({i.name for p in self.providers for i in p.images})
+
+
+def find_config_path(path=None, environ=None):
+    """--config, else $DEVSTACK_GATE_CONFIG, else the first default that exists."""
+    environ = os.environ if environ is None else environ
+    if path:
+        return path
+    if environ.get(CONFIG_ENV):
+        return environ[CONFIG_ENV]
+    for candidate in DEFAULT_CONFIG_PATHS:
+        candidate = os.path.expanduser(candidate)
+        if os.path.exists(candidate):
+            return candidate
+    raise ConfigError([
+        'no configuration file: give --config, set $%s, or create one of %s'
+        % (CONFIG_ENV, ', '.join(DEFAULT_CONFIG_PATHS))])
+
+
+def load(path=None, check_clouds=True, environ=None):
+    """Load and validate the configuration; raise ConfigError with every problem.
+
+    check_clouds=False skips the clouds.yaml look-up, for scripts that never
+    talk to a cloud (fetch runs on gate slaves that hold no credentials).
+    """
+    environ = os.environ if environ is None else environ
+    path = find_config_path(path, environ)
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(['%s: cannot read: %s' % (path, e.strerror or e)])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, 'problem_mark', None)
+        where = ' (line %d, column %d)' % (mark.line + 1, mark.column + 1) if mark else ''
+        problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
+        raise ConfigError(['%s: invalid YAML%s: %s' % (path, where, problem)])
+    return validate(data, path, check_clouds=check_clouds, environ=environ)
+
+
+def validate(data, path, check_clouds=True, environ=None):
+    errors = []
+    if not isinstance(data, dict):
+        raise ConfigError(['%s: expected a mapping of settings at the top level, got %s'
+                           % (path, _typename(data))])
+    top = _section(data, GLOBAL_KEYS, '', path, errors)
+    providers = []
+    seen = set()
+    for i, pdata in enumerate(top.get('providers') or ()):
+        where = 'providers[%d]' % i
+        if not isinstance(pdata, dict):
+            errors.append('%s: %s: expected a mapping, got %s' % (path, where, _typename(pdata)))
+            continue
+        p = _section(pdata, PROVIDER_KEYS, where + '.', path, errors)
+        if p.get('name') in seen:
+            errors.append('%s: %s.name: duplicate provider name %r' % (path, where, p['name']))
+        seen.add(p.get('name'))
+        if 'images' in p and not p['images']:
+            errors.append('%s: %s.images: a provider needs at least one image' % (path, where))
+        images = []
+        seen_images = set()
+        for j, idata in enumerate(p.get('images') or ()):
+            iwhere = '%s.images[%d]' % (where, j)
+            if not isinstance(idata, dict):
+                errors.append('%s: %s: expected a mapping, got %s'
+                              % (path, iwhere, _typename(idata)))
+                continue
+            im = _section(idata, IMAGE_KEYS, iwhere + '.', path, errors)
+            if im.get('name') in seen_images:
+                errors.append('%s: %s.name: duplicate image name %r in provider %r'
+                              % (path, iwhere, im['name'], p.get('name')))
+            seen_images.add(im.get('name'))
+            if 'base-image' in im:
+                try:
+                    re.compile(im['base-image'])
+                except re.error as e:
+                    errors.append('%s: %s.base-image: not a valid name or regex: %s'
+                                  % (path, iwhere, e))
+            images.append(im)
+        p['images'] = images
+        providers.append(p)
+    if 'providers' in top and not top['providers']:
+        errors.append('%s: providers: expected at least one provider' % path)
+    if check_clouds and providers:
+        _check_clouds(providers, path, errors, environ)
+    if errors:
+        raise ConfigError(errors)
+    return Config(
+        path=path,
+        database=top['database'],
+        hold_hours=top['hold-hours'],
+        db_lock_timeout=top['db-lock-timeout'],
+        db_retries=top['db-retries'],
+        node_prefix=top['node-prefix'],
+        providers=tuple(_build(ProviderConfig, p, PROVIDER_KEYS,
+                               images=tuple(_build(ImageConfig, im, IMAGE_KEYS)
+                                            for im in p['images']))
+                        for p in providers),
+    )
+
+
+def _build(cls, values, table, **override):
+    kwargs = {k.replace('-', '_'): values[k] for k in table}
+    kwargs.update(override)
+    return cls(**kwargs)
+
+
+def _typename(value):
+    if value is None:
+        return 'nothing'
+    return {dict: 'a mapping', list: 'a list', str: 'a string', bool: 'a boolean',
+            int: 'a number', float: 'a number'}.get(type(value), type(value).__name__)
+
+
+def _section(data, table, prefix, path, errors):
+    """Check one mapping against its table; return values with defaults filled in."""
+    out = {}
+    for key in data:
+        if key not in table:
+            errors.append('%s: %s%s: unknown key; valid keys are: %s'
+                          % (path, prefix, key, ', '.join(sorted(table))))
+    for key, spec in table.items():
+        if key not in data:
+            if spec.default is REQUIRED:
+                errors.append('%s: %s%s: missing; expected %s'
+                              % (path, prefix, key, spec.describe()))
+            else:
+                out[key] = spec.default
+            continue
+        value = data[key]
+        problem = _check(value, spec)
+        if problem:
+            errors.append('%s: %s%s: expected %s, got %s'
+                          % (path, prefix, key, spec.describe(), problem))
+        else:
+            out[key] = tuple(value) if spec.kind == 'strlist' else value
+    return out
+
+
+def _check(value, spec):
+    """Return None if value fits spec, else a short description of what it is."""
+    kind = spec.kind
+    shown = '%r' % (value,) if not isinstance(value, (dict, list)) else _typename(value)
+    if kind in ('str', 'name'):
+        if not isinstance(value, str) or not value:
+            return shown if value != '' else 'an empty string'
+        if kind == 'name' and not NAME_RE.match(value):
+            return shown
+    elif kind in ('int', 'number'):
+        ok = (isinstance(value, int) if kind == 'int' else isinstance(value, (int, float)))
+        if isinstance(value, bool) or not ok:
+            return shown
+        if spec.minimum is not None and value < spec.minimum:
+            return shown
+    elif kind == 'bool':
+        if not isinstance(value, bool):
+            return shown
+    elif kind == 'list':
+        if not isinstance(value, list):
+            return shown
+    elif kind == 'strlist':
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            return shown
+    if spec.choices and value not in spec.choices:
+        return shown
+    return None
+
+
+def clouds_yaml_path(environ=None):
+    environ = os.environ if environ is None else environ
+    if environ.get(CLOUDS_YAML_ENV):
+        return environ[CLOUDS_YAML_ENV]
+    for candidate in CLOUDS_YAML_PATHS:
+        candidate = os.path.expanduser(candidate)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def cloud_names(environ=None):
+    """The cloud names in clouds.yaml, and the file they came from.
+
+    Only the names are read here; the credentials are read by the cloud adapter
+    when it authenticates, and are never copied into our objects or logs.
+    """
+    cpath = clouds_yaml_path(environ)
+    if cpath is None:
+        return None, set()
+    try:
+        with open(cpath, encoding='utf-8') as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(['%s: cannot read clouds.yaml: %s'
+                           % (cpath, getattr(e, 'strerror', None) or str(e).splitlines()[0])])
+    clouds = data.get('clouds') if isinstance(data, dict) else None
+    if not isinstance(clouds, dict):
+        raise ConfigError(['%s: expected a "clouds:" mapping' % cpath])
+    return cpath, set(clouds)
+
+
+def _check_clouds(providers, path, errors, environ):
+    cpath, names = cloud_names(environ)
+    for i, p in enumerate(providers):
+        cloud = p.get('cloud')
+        if not cloud or cloud in names:
+            continue
+        if cpath is None:
+            errors.append('%s: providers[%d].cloud: %r not found: no clouds.yaml '
+                          '(set $%s or create ~/.config/openstack/clouds.yaml)'
+                          % (path, i, cloud, CLOUDS_YAML_ENV))
+        else:
+            errors.append('%s: providers[%d].cloud: %r is not in %s; clouds there: %s'
+                          % (path, i, cloud, cpath, ', '.join(sorted(names)) or 'none'))

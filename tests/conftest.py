@@ -1,0 +1,76 @@
+"""Shared fixtures: a real database per test, on SQLite and on MariaDB/MySQL.
+
+The MySQL server comes from $DEVSTACK_GATE_TEST_MYSQL_URL (./dev.sh test sets
+it after finding or starting a server).  Each test gets its own database,
+dropped afterwards.  With CI=true a missing server fails the MySQL tests
+instead of skipping them.
+"""
+
+import os
+import sys
+import urllib.parse
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MYSQL_ENV = 'DEVSTACK_GATE_TEST_MYSQL_URL'
+
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def mysql_server_url():
+    url = os.environ.get(MYSQL_ENV)
+    if not url:
+        if os.environ.get('CI') == 'true':
+            pytest.fail('$%s is not set: CI never skips the MySQL tests' % MYSQL_ENV)
+        pytest.skip('no MySQL server: set $%s or run ./dev.sh test' % MYSQL_ENV)
+    return url
+
+
+def mysql_connect(server_url, database=None):
+    import mysql.connector
+    u = urllib.parse.urlsplit(server_url)
+    q = urllib.parse.parse_qs(u.query)
+    kw = {'user': u.username or 'root', 'autocommit': True}
+    if 'unix_socket' in q:
+        kw['unix_socket'] = q['unix_socket'][0]
+    else:
+        kw.update(host=u.hostname or '127.0.0.1', port=u.port or 3306)
+    if database:
+        kw['database'] = database
+    return mysql.connector.connect(**kw)
+
+
+def mysql_database_url(server_url, name):
+    """The server URL with a database name in its path."""
+    u = urllib.parse.urlsplit(server_url)
+    return urllib.parse.urlunsplit((u.scheme, u.netloc, '/' + name, u.query, ''))
+
+
+@pytest.fixture
+def mysql_url():
+    """A fresh, empty MySQL database for this test; dropped afterwards."""
+    server = mysql_server_url()
+    name = 'dgtest_%s' % uuid.uuid4().hex[:12]
+    conn = mysql_connect(server)
+    conn.cursor().execute('CREATE DATABASE `%s`' % name)
+    conn.close()
+    yield mysql_database_url(server, name)
+    conn = mysql_connect(server)
+    conn.cursor().execute('DROP DATABASE IF EXISTS `%s`' % name)
+    conn.close()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return 'sqlite:///%s' % (tmp_path / 'devstack-gate.db')
+
+
+@pytest.fixture(params=['sqlite', pytest.param('mysql', marks=pytest.mark.mysql)])
+def db_url(request, tmp_path):
+    """Each test that takes db_url runs once per backend."""
+    if request.param == 'sqlite':
+        return request.getfixturevalue('sqlite_url')
+    return request.getfixturevalue('mysql_url')

@@ -1,0 +1,250 @@
+"""vmdatabase on both backends: schema, sessions, claims, busy databases, secrets."""
+
+import multiprocessing
+import os
+import sqlite3
+import time
+
+import pytest
+
+import vmdatabase
+from devstackgate.errors import DatabaseBusy, DatabaseError
+from tests.conftest import mysql_connect, mysql_server_url
+
+CLAIMERS = 32
+READY_NODES = 200
+
+
+def make_ready_nodes(db, count, label='precise', provider='rax', start=1000.0):
+    def add(s):
+        for i in range(count):
+            s.create_node(provider, label, state='ready', now=start + i, name='n%d' % i)
+    db.transact(add)
+
+
+def test_fresh_schema_has_current_version(db_url):
+    db = vmdatabase.Database(db_url)
+    assert db.version() == vmdatabase.schema_version()
+    # Opening again neither fails nor re-runs migrations.
+    db2 = vmdatabase.Database(db_url)
+    assert db2.version() == vmdatabase.schema_version()
+
+
+def test_upgrade_in_place_keeps_data(db_url, monkeypatch):
+    db = vmdatabase.Database(db_url)
+    with db.session() as s:
+        node = s.create_node('rax', 'precise', name='keep-me')
+    v = vmdatabase.schema_version()
+    monkeypatch.setattr(vmdatabase, 'MIGRATIONS', vmdatabase.MIGRATIONS + [
+        (v + 1, ['CREATE TABLE upgrade_probe (id {pk}, note {text})'])])
+    db = vmdatabase.Database(db_url)
+    assert db.version() == v + 1
+    with db.session() as s:
+        assert s.get_node(node.id).name == 'keep-me'
+        s._execute("INSERT INTO upgrade_probe (note) VALUES ('x')")
+
+
+def test_newer_schema_is_refused(db_url, monkeypatch):
+    vmdatabase.Database(db_url)
+    monkeypatch.setattr(vmdatabase, 'MIGRATIONS', vmdatabase.MIGRATIONS + [(99, [])])
+    vmdatabase.Database(db_url)
+    monkeypatch.undo()
+    with pytest.raises(DatabaseError) as e:
+        vmdatabase.Database(db_url)
+    assert 'has schema version 99, newer than this devstack-gate knows (%d)' % (
+        vmdatabase.schema_version()) in str(e.value)
+
+
+def test_session_commits_or_rolls_back(db_url):
+    db = vmdatabase.Database(db_url)
+    with pytest.raises(RuntimeError):
+        with db.session() as s:
+            s.create_node('rax', 'precise')
+            raise RuntimeError('boom')
+    with db.session() as s:
+        assert s.nodes() == []
+        n = s.create_node('rax', 'precise')
+    with db.session() as s:
+        assert [x.id for x in s.nodes()] == [n.id]
+        assert s.get_node(n.id).state == 'building'
+
+
+def test_state_changes_are_explicit_and_move_state_time(db_url):
+    db = vmdatabase.Database(db_url)
+    with db.session() as s:
+        n = s.create_node('rax', 'precise', now=100.0)
+        s.update_node(n.id, ip='127.0.0.5')
+        assert s.get_node(n.id).state_time == 100.0
+        s.update_node(n.id, state='ready')
+        after = s.get_node(n.id)
+        assert after.state == 'ready' and after.state_time > 100.0 and after.ip == '127.0.0.5'
+        with pytest.raises(ValueError):
+            s.update_node(n.id, state='bogus')
+        with pytest.raises(ValueError):
+            s.update_node(n.id, no_such_column=1)
+
+
+def test_claim_takes_the_oldest_ready_node_and_records_a_result(db_url):
+    db = vmdatabase.Database(db_url)
+    with db.session() as s:
+        s.create_node('rax', 'precise', state='ready', now=30.0, name='young')
+        s.create_node('hp', 'precise', state='ready', now=10.0, name='old')
+        s.create_node('rax', 'precise', state='building', now=1.0, name='booting')
+        s.create_node('rax', 'oneiric', state='ready', now=1.0, name='other-label')
+    node, result = db.claim_node('precise', 'job-1', result={'job_name': 'gate', 'build_number': '7'})
+    assert node.name == 'old' and node.state == 'used' and node.claimed_by == 'job-1'
+    assert result.node_id == node.id and result.provider == 'hp'
+    assert result.job_name == 'gate' and result.result == 'running'
+    node, _ = db.claim_node('precise', 'job-2', providers=['hp'])
+    assert node is None
+    node, result = db.claim_node('precise', 'job-2', providers=['rax'])
+    assert node.name == 'young' and result is None
+    assert db.claim_node('precise', 'job-3') == (None, None)
+    with db.session() as s:
+        assert s.node_counts('precise') == {('hp', 'used'): 1, ('rax', 'used'): 1,
+                                            ('rax', 'building'): 1}
+
+
+def test_current_image_ignores_demoted_and_building(db_url):
+    db = vmdatabase.Database(db_url)
+    with db.session() as s:
+        old = s.create_image('rax', 'precise', state='ready', now=1.0)
+        new = s.create_image('rax', 'precise', state='ready', now=2.0)
+        s.create_image('rax', 'precise', state='building', now=3.0)
+        assert s.current_image('rax', 'precise').id == new.id
+        s.update_image(new.id, demoted=1)
+        assert s.current_image('rax', 'precise').id == old.id
+        assert s.current_image('hp', 'precise') is None
+
+
+def _claimer(url, index, queue):
+    db = vmdatabase.Database(url, lock_timeout=10, retries=20)
+    mine = []
+    while True:
+        node, _ = db.claim_node('precise', 'claimer-%d' % index)
+        if node is None:
+            break
+        mine.append(node.id)
+    queue.put((index, mine))
+
+
+def test_concurrent_claims_hand_each_node_out_exactly_once(db_url):
+    """32 processes race for 200 ready nodes: none is handed out twice, none is lost."""
+    db = vmdatabase.Database(db_url)
+    make_ready_nodes(db, READY_NODES)
+    ctx = multiprocessing.get_context('fork')
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claimer, args=(db_url, i, queue)) for i in range(CLAIMERS)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    claimed = [node_id for ids in results.values() for node_id in ids]
+    assert len(claimed) == len(set(claimed)), 'a node was handed out twice'
+    with db.session() as s:
+        nodes = s.nodes()
+    assert sorted(claimed) == sorted(n.id for n in nodes), 'a node was not handed out'
+    assert all(n.state == 'used' for n in nodes)
+    # The database agrees with what each process says it got.
+    owner = {node_id: 'claimer-%d' % i for i, ids in results.items() for node_id in ids}
+    assert all(n.claimed_by == owner[n.id] for n in nodes)
+    # More than one process actually won something: the race was real.
+    assert sum(1 for ids in results.values() if ids) > 1
+
+
+def test_busy_sqlite_gives_a_clear_error(sqlite_url):
+    db = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=2)
+    make_ready_nodes(db, 1)
+    blocker = sqlite3.connect(db.url.path, isolation_level=None)
+    blocker.execute('BEGIN IMMEDIATE')
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseBusy) as e:
+            db.claim_node('precise', 'job')
+        assert time.monotonic() - started < 10
+    finally:
+        blocker.execute('ROLLBACK')
+        blocker.close()
+    assert 'is busy' in str(e.value) and 'gave up after 2 attempts' in str(e.value)
+    assert db.claim_node('precise', 'job')[0] is not None
+
+
+@pytest.mark.mysql
+def test_busy_mysql_gives_a_clear_error(mysql_url):
+    db = vmdatabase.Database(mysql_url, lock_timeout=1, retries=2)
+    make_ready_nodes(db, 1)
+    blocker = mysql_connect(mysql_server_url(), db.url.database)
+    blocker.autocommit = False
+    cur = blocker.cursor()
+    cur.execute("SELECT id FROM nodes FOR UPDATE")
+    cur.fetchall()
+    try:
+        with pytest.raises(DatabaseBusy) as e:
+            db.claim_node('precise', 'job')
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert 'is busy' in str(e.value) and 'gave up after 2 attempts' in str(e.value)
+    assert db.claim_node('precise', 'job')[0] is not None
+
+
+def test_url_parsing():
+    u = vmdatabase.parse_url('mysql://devstack@db.example.org:3307/devstack_gate')
+    assert (u.user, u.host, u.port, u.database) == ('devstack', 'db.example.org', 3307, 'devstack_gate')
+    assert str(u) == 'mysql://devstack@db.example.org:3307/devstack_gate'
+    u = vmdatabase.parse_url('sqlite:///~/x.db')
+    assert u.path == os.path.expanduser('~/x.db')
+    assert vmdatabase.parse_url('sqlite:////abs/x.db').path == '/abs/x.db'
+    u = vmdatabase.parse_url('mysql://root@localhost/db?unix_socket=/tmp/s&option-file=/etc/my.cnf')
+    assert (u.unix_socket, u.option_file) == ('/tmp/s', '/etc/my.cnf')
+
+
+@pytest.mark.parametrize('url,message', [
+    ('postgres://x@h/db', "unknown scheme 'postgres'; valid choices are sqlite, mysql"),
+    ('mysql://root@h:3306/', 'missing the database name'),
+    ('mysql://root@h/db?ssl=1', 'unknown option(s) ssl'),
+    ('nonsense', 'expected sqlite:///PATH or mysql://USER@HOST:PORT/DATABASE'),
+])
+def test_bad_urls(url, message):
+    with pytest.raises(DatabaseError) as e:
+        vmdatabase.parse_url(url)
+    assert message in str(e.value)
+
+
+def test_password_in_url_is_refused_without_echoing_it():
+    with pytest.raises(DatabaseError) as e:
+        vmdatabase.parse_url('mysql://devstack:s3cr3t-pw@db/devstack_gate')
+    assert 's3cr3t-pw' not in str(e.value)
+    assert '$DEVSTACK_GATE_DB_PASSWORD' in str(e.value)
+
+
+@pytest.mark.mysql
+def test_password_from_environment_or_option_file_never_printed(mysql_url, tmp_path):
+    server = mysql_server_url()
+    admin = mysql_connect(server)
+    cur = admin.cursor()
+    user, password = 'dgpw_%d' % os.getpid(), 'Pw-%d-secret' % os.getpid()
+    try:
+        cur.execute("CREATE USER '%s'@'%%' IDENTIFIED BY '%s'" % (user, password))
+    except Exception as e:  # a server run with --skip-grant-tables has no users
+        pytest.skip('server cannot create users: %s' % e)
+    try:
+        database = vmdatabase.parse_url(mysql_url).database
+        cur.execute("GRANT ALL ON `%s`.* TO '%s'@'%%'" % (database, user))
+        url = mysql_url.replace('root@', user + '@')
+        db = vmdatabase.Database(url, environ={vmdatabase.PASSWORD_ENV: password})
+        assert db.version() == vmdatabase.schema_version()
+        option_file = tmp_path / 'my.cnf'
+        option_file.write_text('[client]\npassword=%s\n' % password)
+        db = vmdatabase.Database(url, environ={vmdatabase.OPTION_FILE_ENV: str(option_file)})
+        assert db.version() == vmdatabase.schema_version()
+        wrong = 'Wrong-%s' % password
+        with pytest.raises(DatabaseError) as e:
+            vmdatabase.Database(url, environ={vmdatabase.PASSWORD_ENV: wrong})
+        assert 'cannot connect to mysql://%s@' % user in str(e.value)
+        assert password not in str(e.value) and wrong not in str(e.value)
+    finally:
+        cur.execute("DROP USER '%s'@'%%'" % user)
+        admin.close()

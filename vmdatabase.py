@@ -1,0 +1,629 @@
+"""The devstack-gate database: nodes, images and gate results.
+
+This is the only module that speaks SQL.  The stages (launch, fetch, gate,
+reap, image builds) share state only through it, on one of two backends chosen
+by URL:
+
+- ``sqlite:///~/.devstack-gate/devstack-gate.db`` (the embedded default;
+  ``sqlite:////abs/path.db`` for an absolute path), and
+- ``mysql://user@host:port/dbname`` (MySQL or MariaDB through
+  mysql-connector-python), optionally ``?unix_socket=/path`` and
+  ``?option-file=/path/my.cnf``.
+
+A MySQL password never appears in the URL: it comes from
+$DEVSTACK_GATE_DB_PASSWORD or from a MySQL option file
+($DEVSTACK_GATE_DB_OPTION_FILE or ``option-file=``), and never appears in
+output or exceptions.
+
+Rows come back as plain frozen dataclasses.  Writes are explicit method calls
+on a :class:`Session`, which commits when its ``with`` block ends normally and
+rolls back when it raises; nothing commits behind the caller's back.
+
+Claiming a ready node (:meth:`Database.claim_node`) is one atomic UPDATE, so a
+node is handed to at most one caller under any concurrency on both backends.
+"""
+
+import contextlib
+import dataclasses
+import os
+import random
+import sqlite3
+import time
+import urllib.parse
+import uuid
+
+from devstackgate.errors import DatabaseBusy, DatabaseError
+
+PASSWORD_ENV = 'DEVSTACK_GATE_DB_PASSWORD'
+OPTION_FILE_ENV = 'DEVSTACK_GATE_DB_OPTION_FILE'
+
+NODE_STATES = ('building', 'ready', 'used', 'hold', 'delete', 'error')
+IMAGE_STATES = ('building', 'ready', 'delete')
+RESULTS = ('running', 'success', 'failure', 'timeout', 'aborted')
+
+# MySQL error numbers that mean "try the transaction again".
+_MYSQL_LOCK_WAIT_TIMEOUT = 1205
+_MYSQL_DEADLOCK = 1213
+
+# Each entry upgrades the schema from the previous version.  Statements are
+# written once for both backends; {pk} and {text} are filled per backend.
+MIGRATIONS = [
+    (1, [
+        """CREATE TABLE nodes (
+            id {pk},
+            provider VARCHAR(255) NOT NULL,
+            label VARCHAR(255) NOT NULL,
+            image_id INTEGER,
+            name VARCHAR(255),
+            external_id VARCHAR(255),
+            ip VARCHAR(255),
+            username VARCHAR(255),
+            host_key {text},
+            state VARCHAR(16) NOT NULL,
+            state_time DOUBLE NOT NULL,
+            created DOUBLE NOT NULL,
+            hold_until DOUBLE,
+            held_by VARCHAR(255),
+            hold_reason {text},
+            claimed_by VARCHAR(255),
+            claim_token VARCHAR(64),
+            fail_reason VARCHAR(255)
+        )""",
+        "CREATE INDEX nodes_claim ON nodes (label, state, state_time)",
+        "CREATE INDEX nodes_provider ON nodes (provider, state)",
+        "CREATE INDEX nodes_token ON nodes (claim_token)",
+        """CREATE TABLE images (
+            id {pk},
+            provider VARCHAR(255) NOT NULL,
+            label VARCHAR(255) NOT NULL,
+            name VARCHAR(255),
+            external_id VARCHAR(255),
+            server_external_id VARCHAR(255),
+            state VARCHAR(16) NOT NULL,
+            state_time DOUBLE NOT NULL,
+            created DOUBLE NOT NULL,
+            demoted INTEGER NOT NULL DEFAULT 0,
+            fail_reason VARCHAR(255)
+        )""",
+        "CREATE INDEX images_provider ON images (provider, label, state)",
+        """CREATE TABLE results (
+            id {pk},
+            job_name VARCHAR(255),
+            build_number VARCHAR(64),
+            change_ref VARCHAR(255),
+            provider VARCHAR(255),
+            label VARCHAR(255),
+            node_id INTEGER,
+            node_name VARCHAR(255),
+            start_time DOUBLE NOT NULL,
+            end_time DOUBLE,
+            result VARCHAR(16) NOT NULL
+        )""",
+    ]),
+]
+
+
+def schema_version():
+    """The version this code writes: the last migration's."""
+    return MIGRATIONS[-1][0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    id: int
+    provider: str
+    label: str
+    image_id: int
+    name: str
+    external_id: str
+    ip: str
+    username: str
+    host_key: str
+    state: str
+    state_time: float
+    created: float
+    hold_until: float
+    held_by: str
+    hold_reason: str
+    claimed_by: str
+    claim_token: str
+    fail_reason: str
+
+    def age(self, now=None):
+        """Seconds since the node entered its current state."""
+        return (now or time.time()) - self.state_time
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    id: int
+    provider: str
+    label: str
+    name: str
+    external_id: str
+    server_external_id: str
+    state: str
+    state_time: float
+    created: float
+    demoted: int
+    fail_reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    id: int
+    job_name: str
+    build_number: str
+    change_ref: str
+    provider: str
+    label: str
+    node_id: int
+    node_name: str
+    start_time: float
+    end_time: float
+    result: str
+
+
+def _columns(cls):
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+_TABLES = {Node: 'nodes', Image: 'images', Result: 'results'}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseURL:
+    """A parsed database URL.  Holds no password."""
+    backend: str          # 'sqlite' or 'mysql'
+    path: str = None      # sqlite file
+    user: str = None
+    host: str = None
+    port: int = None
+    database: str = None
+    unix_socket: str = None
+    option_file: str = None
+
+    def __str__(self):
+        if self.backend == 'sqlite':
+            return 'sqlite:///' + self.path
+        where = self.unix_socket or '%s:%s' % (self.host, self.port)
+        return 'mysql://%s@%s/%s' % (self.user or '', where, self.database)
+
+
+def parse_url(url):
+    """Parse a database URL; reject one that carries a password."""
+    if not isinstance(url, str) or '://' not in url:
+        raise DatabaseError('database URL %r: expected sqlite:///PATH or '
+                            'mysql://USER@HOST:PORT/DATABASE' % (url,))
+    scheme, rest = url.split('://', 1)
+    if scheme == 'sqlite':
+        if not rest.startswith('/') or rest == '/':
+            raise DatabaseError('database URL %r: expected sqlite:///PATH' % url)
+        path = rest[1:]
+        path = os.path.expanduser(path) if path.startswith('~') else path
+        return DatabaseURL('sqlite', path=path)
+    if scheme not in ('mysql', 'mariadb'):
+        raise DatabaseError('database URL: unknown scheme %r; valid choices are sqlite, mysql'
+                            % scheme)
+    parts = urllib.parse.urlsplit('mysql://' + rest)
+    if parts.password is not None:
+        raise DatabaseError(
+            'database URL mysql://%s@...: a password must not be part of the URL; '
+            'set $%s or use an option file ($%s or ?option-file=PATH)'
+            % (parts.username or '', PASSWORD_ENV, OPTION_FILE_ENV))
+    query = urllib.parse.parse_qs(parts.query)
+    unknown = set(query) - {'unix_socket', 'option-file'}
+    if unknown:
+        raise DatabaseError('database URL: unknown option(s) %s; valid: unix_socket, option-file'
+                            % ', '.join(sorted(unknown)))
+    database = parts.path.lstrip('/')
+    if not database:
+        raise DatabaseError('database URL mysql://...: missing the database name after the host')
+    try:
+        port = parts.port or 3306
+    except ValueError:
+        raise DatabaseError('database URL mysql://...: the port is not a number')
+    return DatabaseURL(
+        'mysql', user=urllib.parse.unquote(parts.username or '') or None,
+        host=parts.hostname or '127.0.0.1', port=port, database=database,
+        unix_socket=(query.get('unix_socket') or [None])[0],
+        option_file=(query.get('option-file') or [None])[0])
+
+
+class Session:
+    """One transaction.  Every write is an explicit method call."""
+
+    def __init__(self, db, conn):
+        self._db = db
+        self._conn = conn
+        self._cur = conn.cursor()
+
+    # -- plumbing ---------------------------------------------------------
+    def _execute(self, sql, params=()):
+        self._cur.execute(self._db.sql(sql), tuple(params))
+        return self._cur
+
+    def _select(self, cls, where='', params=(), order='id'):
+        sql = 'SELECT %s FROM %s' % (', '.join(_columns(cls)), _TABLES[cls])
+        if where:
+            sql += ' WHERE ' + where
+        sql += ' ORDER BY ' + order
+        return [cls(*row) for row in self._execute(sql, params).fetchall()]
+
+    def _insert(self, table, values):
+        cols = sorted(values)
+        sql = 'INSERT INTO %s (%s) VALUES (%s)' % (
+            table, ', '.join(cols), ', '.join('?' for _ in cols))
+        return self._execute(sql, [values[c] for c in cols]).lastrowid
+
+    def _update(self, cls, row_id, values):
+        allowed = set(_columns(cls)) - {'id'}
+        bad = set(values) - allowed
+        if bad:
+            raise ValueError('unknown %s column(s): %s' % (_TABLES[cls], ', '.join(sorted(bad))))
+        if not values:
+            return
+        cols = sorted(values)
+        sql = 'UPDATE %s SET %s WHERE id = ?' % (
+            _TABLES[cls], ', '.join('%s = ?' % c for c in cols))
+        self._execute(sql, [values[c] for c in cols] + [row_id])
+
+    @staticmethod
+    def _filters(**fields):
+        clauses, params = [], []
+        for column, value in fields.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple, set, frozenset)):
+                value = list(value)
+                if not value:
+                    clauses.append('1 = 0')
+                    continue
+                clauses.append('%s IN (%s)' % (column, ', '.join('?' for _ in value)))
+                params.extend(value)
+            else:
+                clauses.append('%s = ?' % column)
+                params.append(value)
+        return ' AND '.join(clauses), params
+
+    # -- nodes ------------------------------------------------------------
+    def create_node(self, provider, label, state='building', now=None, **fields):
+        if state not in NODE_STATES:
+            raise ValueError('unknown node state %r' % state)
+        now = time.time() if now is None else now
+        values = dict(fields, provider=provider, label=label, state=state,
+                      state_time=now, created=now)
+        node_id = self._insert('nodes', values)
+        return self.get_node(node_id)
+
+    def get_node(self, node_id):
+        rows = self._select(Node, 'id = ?', [node_id])
+        return rows[0] if rows else None
+
+    def nodes(self, provider=None, label=None, state=None, order='id'):
+        where, params = self._filters(provider=provider, label=label, state=state)
+        return self._select(Node, where, params, order=order)
+
+    def update_node(self, node_id, **fields):
+        """Change columns of a node; a new state also moves state_time."""
+        if 'state' in fields:
+            if fields['state'] not in NODE_STATES:
+                raise ValueError('unknown node state %r' % fields['state'])
+            fields.setdefault('state_time', time.time())
+        self._update(Node, node_id, fields)
+
+    def delete_node(self, node_id):
+        """Remove the row (only once the server is really gone from the cloud)."""
+        self._execute('DELETE FROM nodes WHERE id = ?', [node_id])
+
+    def node_counts(self, label=None):
+        """{(provider, state): count} for a label (or all labels)."""
+        where, params = self._filters(label=label)
+        sql = 'SELECT provider, state, COUNT(*) FROM nodes'
+        if where:
+            sql += ' WHERE ' + where
+        sql += ' GROUP BY provider, state'
+        return {(p, s): n for p, s, n in self._execute(sql, params).fetchall()}
+
+    # -- images -----------------------------------------------------------
+    def create_image(self, provider, label, state='building', now=None, **fields):
+        if state not in IMAGE_STATES:
+            raise ValueError('unknown image state %r' % state)
+        now = time.time() if now is None else now
+        values = dict(fields, provider=provider, label=label, state=state,
+                      state_time=now, created=now)
+        return self.get_image(self._insert('images', values))
+
+    def get_image(self, image_id):
+        rows = self._select(Image, 'id = ?', [image_id])
+        return rows[0] if rows else None
+
+    def images(self, provider=None, label=None, state=None, order='id'):
+        where, params = self._filters(provider=provider, label=label, state=state)
+        return self._select(Image, where, params, order=order)
+
+    def update_image(self, image_id, **fields):
+        if 'state' in fields:
+            if fields['state'] not in IMAGE_STATES:
+                raise ValueError('unknown image state %r' % fields['state'])
+            fields.setdefault('state_time', time.time())
+        self._update(Image, image_id, fields)
+
+    def delete_image(self, image_id):
+        self._execute('DELETE FROM images WHERE id = ?', [image_id])
+
+    def current_image(self, provider, label):
+        """The newest ready image that has not been demoted, or None."""
+        rows = self._select(Image, 'provider = ? AND label = ? AND state = ? AND demoted = 0',
+                            [provider, label, 'ready'], order='created DESC, id DESC')
+        return rows[0] if rows else None
+
+    # -- results ----------------------------------------------------------
+    def create_result(self, now=None, **fields):
+        values = dict(fields, start_time=time.time() if now is None else now)
+        values.setdefault('result', 'running')
+        return self.get_result(self._insert('results', values))
+
+    def get_result(self, result_id):
+        rows = self._select(Result, 'id = ?', [result_id])
+        return rows[0] if rows else None
+
+    def results(self, node_id=None, result=None):
+        where, params = self._filters(node_id=node_id, result=result)
+        return self._select(Result, where, params)
+
+    def finish_result(self, result_id, result, now=None):
+        if result not in RESULTS:
+            raise ValueError('unknown result %r; valid: %s' % (result, ', '.join(RESULTS)))
+        self._update(Result, result_id, {'result': result,
+                                         'end_time': time.time() if now is None else now})
+
+
+class Database:
+    """A connection factory for one database URL, with schema upgrades on open."""
+
+    def __init__(self, url, lock_timeout=30.0, retries=5, environ=None, upgrade=True):
+        self.url = parse_url(url) if isinstance(url, str) else url
+        self.lock_timeout = float(lock_timeout)
+        self.retries = int(retries)
+        self._environ = os.environ if environ is None else environ
+        if self.url.backend == 'sqlite':
+            self.sql = lambda s: s
+        else:
+            self.sql = lambda s: s.replace('?', '%s')
+        if upgrade:
+            self._retrying(self.upgrade)
+
+    @classmethod
+    def from_config(cls, config, **kwargs):
+        return cls(config.database, lock_timeout=config.db_lock_timeout,
+                   retries=config.db_retries, **kwargs)
+
+    def __str__(self):
+        return str(self.url)
+
+    # -- connections ------------------------------------------------------
+    def _connect(self):
+        if self.url.backend == 'sqlite':
+            return self._connect_sqlite()
+        return self._connect_mysql()
+
+    def _connect_sqlite(self):
+        directory = os.path.dirname(self.url.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self.url.path, timeout=self.lock_timeout,
+                                   isolation_level=None)
+            conn.execute('PRAGMA busy_timeout=%d' % int(self.lock_timeout * 1000))
+            conn.execute('PRAGMA journal_mode=WAL')
+        except sqlite3.OperationalError as e:
+            raise self._translate(e)
+        return conn
+
+    def _connect_mysql(self):
+        import mysql.connector  # only when a MySQL URL is used
+        kwargs = {
+            'user': self.url.user, 'database': self.url.database,
+            'autocommit': False, 'connection_timeout': int(self.lock_timeout),
+        }
+        if self.url.unix_socket:
+            kwargs['unix_socket'] = self.url.unix_socket
+        else:
+            kwargs['host'], kwargs['port'] = self.url.host, self.url.port
+        option_file = self.url.option_file or self._environ.get(OPTION_FILE_ENV)
+        if option_file:
+            kwargs['option_files'] = option_file
+        password = self._environ.get(PASSWORD_ENV)
+        if password is not None:
+            kwargs['password'] = password
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        try:
+            conn = mysql.connector.connect(**kwargs)
+            cur = conn.cursor()
+            cur.execute('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
+            cur.execute('SET SESSION innodb_lock_wait_timeout = %d'
+                        % max(1, int(self.lock_timeout)))
+            cur.close()
+        except mysql.connector.Error as e:
+            raise DatabaseError('cannot connect to %s: %s' % (self.url, _mysql_message(e)))
+        return conn
+
+    def _translate(self, exc):
+        """A driver exception as one of ours, with no secret in it."""
+        if isinstance(exc, sqlite3.OperationalError):
+            if 'locked' in str(exc) or 'busy' in str(exc):
+                return DatabaseBusy('database %s is busy: %s' % (self.url, exc))
+            return DatabaseError('database %s: %s' % (self.url, exc))
+        if isinstance(exc, sqlite3.Error):
+            return DatabaseError('database %s: %s' % (self.url, exc))
+        errno = getattr(exc, 'errno', None)
+        if errno in (_MYSQL_LOCK_WAIT_TIMEOUT, _MYSQL_DEADLOCK):
+            return DatabaseBusy('database %s is busy: %s' % (self.url, _mysql_message(exc)))
+        return DatabaseError('database %s: %s' % (self.url, _mysql_message(exc)))
+
+    def _driver_errors(self):
+        if self.url.backend == 'sqlite':
+            return (sqlite3.Error,)
+        import mysql.connector
+        return (mysql.connector.Error,)
+
+    @contextlib.contextmanager
+    def session(self):
+        """A transaction: commit on normal exit, roll back on an exception.
+
+        SQLite sessions take the write lock up front (BEGIN IMMEDIATE) so two
+        writers never deadlock upgrading read locks.
+        """
+        conn = self._connect()
+        errors = self._driver_errors()
+        try:
+            try:
+                if self.url.backend == 'sqlite':
+                    conn.execute('BEGIN IMMEDIATE')
+                session = Session(self, conn)
+            except errors as e:
+                raise self._translate(e)
+            try:
+                yield session
+                conn.commit()
+            except errors as e:
+                _quiet_rollback(conn)
+                raise self._translate(e)
+            except BaseException:
+                _quiet_rollback(conn)
+                raise
+        finally:
+            _quiet_close(conn)
+
+    def transact(self, fn):
+        """Run fn(session) in a transaction, retrying it when the database is busy."""
+        def attempt():
+            with self.session() as session:
+                return fn(session)
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt_fn):
+        """Call attempt_fn, again after a jittered backoff while the database is busy.
+
+        Waits are bounded: each attempt waits at most lock_timeout for a lock,
+        and there are at most `retries` attempts.
+        """
+        for attempt in range(1, self.retries + 1):
+            try:
+                return attempt_fn()
+            except DatabaseBusy as e:
+                if attempt == self.retries:
+                    raise DatabaseBusy('%s (gave up after %d attempts of up to %g s each)'
+                                       % (e, attempt, self.lock_timeout))
+                time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
+
+    # -- schema -----------------------------------------------------------
+    def upgrade(self):
+        """Bring the schema up to this code's version, in place.
+
+        Concurrent openers serialise on a lock (SQLite's write lock, or a
+        MySQL named lock) so a migration runs once.
+        """
+        conn = self._connect()
+        errors = self._driver_errors()
+        try:
+            cur = conn.cursor()
+            if self.url.backend == 'sqlite':
+                conn.execute('BEGIN IMMEDIATE')
+            else:
+                cur.execute('SELECT GET_LOCK(%s, %s)',
+                            ('devstack_gate_schema', int(self.lock_timeout)))
+                if cur.fetchone()[0] != 1:
+                    raise DatabaseBusy('database %s is busy: schema lock not obtained within %g s'
+                                       % (self.url, self.lock_timeout))
+            cur.execute('CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)')
+            cur.execute('SELECT version FROM schema_version')
+            row = cur.fetchone()
+            current = row[0] if row else 0
+            if row is None:
+                cur.execute(self.sql('INSERT INTO schema_version (version) VALUES (?)'), (0,))
+            target = schema_version()
+            if current > target:
+                raise DatabaseError(
+                    'database %s has schema version %d, newer than this devstack-gate knows (%d);'
+                    ' upgrade devstack-gate' % (self.url, current, target))
+            pk = ('INTEGER PRIMARY KEY AUTOINCREMENT' if self.url.backend == 'sqlite'
+                  else 'INTEGER PRIMARY KEY AUTO_INCREMENT')
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cur.execute(statement.format(pk=pk, text='TEXT'))
+                cur.execute(self.sql('UPDATE schema_version SET version = ?'), (version,))
+            conn.commit()
+        except errors as e:
+            _quiet_rollback(conn)
+            raise self._translate(e)
+        finally:
+            if self.url.backend != 'sqlite':
+                with contextlib.suppress(*errors):
+                    cur = conn.cursor()
+                    cur.execute('SELECT RELEASE_LOCK(%s)', ('devstack_gate_schema',))
+                    cur.fetchall()
+            _quiet_close(conn)
+
+    def version(self):
+        with self.session() as s:
+            return s._execute('SELECT version FROM schema_version').fetchone()[0]
+
+    # -- the claim --------------------------------------------------------
+    def claim_node(self, label, claimed_by, providers=None, result=None):
+        """Hand the oldest ready node of `label` to exactly one caller.
+
+        One atomic UPDATE marks the node used with a fresh claim token; the
+        row is then read back by that token.  Optional `providers` restricts
+        the choice; `result` (a dict of results columns) records a gate
+        result row in the same transaction.  Returns (node, result) or
+        (None, None) when no node is ready.
+        """
+        providers = list(providers) if providers else None
+
+        def claim(s):
+            token = uuid.uuid4().hex
+            now = time.time()
+            where = 'label = ? AND state = ?'
+            params = [label, 'ready']
+            if providers:
+                where += ' AND provider IN (%s)' % ', '.join('?' for _ in providers)
+                params += providers
+            sets = 'state = ?, state_time = ?, claimed_by = ?, claim_token = ?'
+            set_params = ['used', now, claimed_by, token]
+            if self.url.backend == 'sqlite':
+                sql = ('UPDATE nodes SET %s WHERE id = (SELECT id FROM nodes WHERE %s '
+                       'ORDER BY state_time, id LIMIT 1)' % (sets, where))
+            else:
+                sql = 'UPDATE nodes SET %s WHERE %s ORDER BY state_time, id LIMIT 1' % (sets, where)
+            s._execute(sql, set_params + params)
+            rows = s._select(Node, 'claim_token = ?', [token])
+            if not rows:
+                return None, None
+            node = rows[0]
+            row = None
+            if result is not None:
+                row = s.create_result(now=now, provider=node.provider, label=node.label,
+                                      node_id=node.id, node_name=node.name, **result)
+            return node, row
+
+        return self.transact(claim)
+
+
+def _mysql_message(exc):
+    msg = getattr(exc, 'msg', None) or str(exc)
+    errno = getattr(exc, 'errno', None)
+    return '%s (error %s)' % (msg, errno) if errno else msg
+
+
+def _quiet_rollback(conn):
+    with contextlib.suppress(Exception):
+        conn.rollback()
+
+
+def _quiet_close(conn):
+    with contextlib.suppress(Exception):
+        conn.close()
