@@ -31,6 +31,9 @@ CLOUDS_YAML_PATHS = (
     os.path.join('~', '.config', 'openstack', 'clouds.yaml'),
     os.path.join(os.sep, 'etc', 'openstack', 'clouds.yaml'),
 )
+# A node must resolve names and have a gateway before it joins the pool.
+DEFAULT_READY_CHECK = ('getent hosts localhost >/dev/null'
+                       ' && ip -4 route show default | grep -q via')
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 
@@ -76,6 +79,17 @@ GLOBAL_KEYS = {
                            doc='seconds a database lock may be waited for, per attempt'),
     'db-retries': Key('int', 5, minimum=1, doc='attempts on a busy database'),
     'node-prefix': Key('name', 'dg', doc='prefix of every server and image name we create'),
+    'ssh-private-key': Key('str', os.path.join('~', '.devstack-gate', 'id_rsa'),
+                           doc='key used to log in to nodes; created if missing'),
+    'poll-interval': Key('number', 5, minimum=0.01,
+                         doc='seconds between server list calls while waiting'),
+    'launch-deadline': Key('number', 480, minimum=1,
+                           doc='seconds one launch run may wait; shorter than its Jenkins period'),
+    'launch-workers': Key('int', 8, minimum=1, doc='parallel boots and SSH checks per run'),
+    'ssh-connect-timeout': Key('number', 10, minimum=0.1, doc='seconds per SSH connect attempt'),
+    'ready-check-timeout': Key('number', 120, minimum=1, doc='seconds the ready check may run'),
+    'fetch-poll': Key('number', 2, minimum=0.01,
+                      doc='seconds between database polls while fetch waits'),
     'providers': Key('list'),
 }
 
@@ -86,6 +100,15 @@ PROVIDER_KEYS = {
     'max-servers': Key('int', 10, minimum=0),
     'boot-timeout': Key('number', 600, minimum=1),
     'api-rate': Key('number', 1.0, minimum=0, doc='seconds between API calls'),
+    'api-timeout': Key('number', 120, minimum=1,
+                       doc='seconds one API call may take, retries included'),
+    'api-retries': Key('int', 6, minimum=1, doc='attempts of one API call on 5xx/429/connection'),
+    'api-backoff': Key('number', 1.0, minimum=0, doc='first retry delay; doubles each attempt'),
+    'compute-api-version': Key('str', '2.1', doc='Nova microversion to request'),
+    'ip-type': Key('str', 'any', choices=('fixed', 'floating', 'any'),
+                   doc='which server address to use; any prefers floating'),
+    'ssh-port': Key('int', 22, minimum=1),
+    'keypair': Key('name', None, doc='keypair name in the cloud; default PREFIX-PROVIDER'),
     'images': Key('list'),
 }
 
@@ -97,6 +120,8 @@ IMAGE_KEYS = {
     'setup': Key('strlist', (), doc='scripts run on the template before the snapshot'),
     'username': Key('str', 'jenkins'),
     'paused': Key('bool', False, doc='stop building new images for this label'),
+    'ready-check': Key('str', DEFAULT_READY_CHECK,
+                       doc='command a node must pass over SSH before it joins the pool'),
 }
 
 
@@ -109,6 +134,7 @@ class ImageConfig:
     setup: tuple
     username: str
     paused: bool
+    ready_check: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +145,13 @@ class ProviderConfig:
     max_servers: int
     boot_timeout: float
     api_rate: float
+    api_timeout: float
+    api_retries: int
+    api_backoff: float
+    compute_api_version: str
+    ip_type: str
+    ssh_port: int
+    keypair: str
     images: tuple
 
     def image(self, label):
@@ -136,6 +169,13 @@ class Config:
     db_lock_timeout: float
     db_retries: int
     node_prefix: str
+    ssh_private_key: str
+    poll_interval: float
+    launch_deadline: float
+    launch_workers: int
+    ssh_connect_timeout: float
+    ready_check_timeout: float
+    fetch_poll: float
     providers: tuple
 
     def provider(self, name):
@@ -237,18 +277,14 @@ def validate(data, path, check_clouds=True, environ=None):
         _check_clouds(providers, path, errors, environ)
     if errors:
         raise ConfigError(errors)
-    return Config(
-        path=path,
-        database=top['database'],
-        hold_hours=top['hold-hours'],
-        db_lock_timeout=top['db-lock-timeout'],
-        db_retries=top['db-retries'],
-        node_prefix=top['node-prefix'],
-        providers=tuple(_build(ProviderConfig, p, PROVIDER_KEYS,
-                               images=tuple(_build(ImageConfig, im, IMAGE_KEYS)
-                                            for im in p['images']))
-                        for p in providers),
-    )
+    return _build(Config, top, GLOBAL_KEYS, path=path,
+                  ssh_private_key=os.path.expanduser(top['ssh-private-key']),
+                  providers=tuple(
+                      _build(ProviderConfig, p, PROVIDER_KEYS,
+                             keypair=p['keypair'] or '%s-%s' % (top['node-prefix'], p['name']),
+                             images=tuple(_build(ImageConfig, im, IMAGE_KEYS)
+                                          for im in p['images']))
+                      for p in providers))
 
 
 def _build(cls, values, table, **override):
