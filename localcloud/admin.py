@@ -1,0 +1,115 @@
+"""The admin HTTP endpoint of a localcloud process (its own port, loopback).
+
+    GET  /clouds                         every cloud: API port, auth URL, ...
+    GET  /clouds/<name>/faults           all knobs (JSON)
+    PUT  /clouds/<name>/faults           merge the given knobs; answers all
+    GET  /clouds/<name>/stats            API calls by "METHOD /path/{template}"
+    POST /clouds/<name>/stats/reset
+    GET  /clouds/<name>/servers          every server, lingering and deleted too
+    GET  /clouds/<name>/images
+    POST /clouds/<name>/revoke-tokens    the next API call with an old token
+                                         gets 401
+
+Errors are ``{"error": "<message>"}`` with 400 (bad knob), 404 or 405.
+Nothing here ever shows a password or a token.
+"""
+
+from localcloud.faults import FaultError
+from localcloud.web import Listener, NoRoute, Router, json_response
+
+router = Router()
+
+
+def _cloud(local, request):
+    name = request.params["name"]
+    try:
+        return local.clouds[name]
+    except KeyError:
+        raise _AdminError(404, "no cloud named %r; clouds are %s"
+                          % (name, ", ".join(sorted(local.clouds)))) from None
+
+
+class _AdminError(Exception):
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+@router.route("GET", "/clouds")
+def list_clouds(local, request):
+    return {"clouds": {name: cloud.info()
+                       for name, cloud in sorted(local.clouds.items())}}
+
+
+@router.route("GET", "/clouds/{name}/faults")
+def get_faults(local, request):
+    return _cloud(local, request).get_faults()
+
+
+@router.route("PUT", "/clouds/{name}/faults")
+def put_faults(local, request):
+    cloud = _cloud(local, request)
+    try:
+        update = request.json()
+    except ValueError as e:
+        raise _AdminError(400, "body is not JSON: %s" % e) from None
+    try:
+        return cloud.set_faults(update or {})
+    except FaultError as e:
+        raise _AdminError(400, str(e)) from None
+
+
+@router.route("GET", "/clouds/{name}/stats")
+def get_stats(local, request):
+    return _cloud(local, request).stats()
+
+
+@router.route("POST", "/clouds/{name}/stats/reset")
+def reset_stats(local, request):
+    cloud = _cloud(local, request)
+    cloud.reset_stats()
+    return cloud.stats()
+
+
+@router.route("GET", "/clouds/{name}/servers")
+def get_servers(local, request):
+    return {"servers": _cloud(local, request).servers()}
+
+
+@router.route("GET", "/clouds/{name}/images")
+def get_images(local, request):
+    return {"images": _cloud(local, request).images()}
+
+
+@router.route("POST", "/clouds/{name}/revoke-tokens")
+def revoke_tokens(local, request):
+    return {"revoked": _cloud(local, request).revoke_tokens()}
+
+
+class AdminServer:
+    def __init__(self, local, port=0):
+        self.local = local
+        self._listener = Listener("127.0.0.1", port, self.dispatch,
+                                  "localcloud-admin")
+        self.port = self._listener.port
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def dispatch(self, request):
+        try:
+            handler, request.params, _ = router.match(request.method,
+                                                      request.path)
+        except NoRoute as e:
+            if e.allowed:
+                return json_response(405, {"error": "method %s not allowed; "
+                                           "use %s" % (request.method,
+                                                       ", ".join(e.allowed))})
+            return json_response(404, {"error": "no such admin resource: %s"
+                                       % request.path})
+        try:
+            return json_response(200, handler(self.local, request))
+        except _AdminError as e:
+            return json_response(e.status, {"error": str(e)})
+
+    def close(self):
+        self._listener.close()
+

@@ -1,0 +1,186 @@
+"""One running local cloud: its state, its API listener and its knobs.
+
+The API listener (127.0.0.1, one port) serves keystone under /identity, nova
+under /compute and glance under /image, the URLs the token's catalog lists.
+Every call is counted under "METHOD /path/{template}", then delayed by
+api-latency, then possibly answered with an injected 500 or 429, then
+handled.  An outage closes the listener (connection refused) and reopens it
+on the same port when it ends.
+
+The admin operations (faults, stats, servers, revoke tokens) are plain
+methods here; the admin HTTP endpoint and the test fixtures call them.
+"""
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+
+from localcloud import glance, keystone, nova
+from localcloud.state import ApiError, CloudState
+from localcloud.web import Listener, NoRoute, Response, generic_template
+
+LOG = logging.getLogger("localcloud")
+SERVICES = (keystone, nova, glance)
+
+
+def _knob_names(update, kwargs):
+    """Merge a dict of knobs and keyword arguments (underscores -> dashes)."""
+    merged = dict(update or {})
+    for key, value in kwargs.items():
+        merged[key.replace("_", "-")] = value
+    return merged
+
+
+class Cloud:
+    def __init__(self, config, state_dir):
+        self.config = config
+        self.name = config.name
+        self.state_dir = state_dir
+        self.state = CloudState(config, state_dir)
+        self.port = None
+        self._listener = None
+        self._transition = threading.Lock()
+
+    def __repr__(self):
+        return "<Cloud %s port=%s>" % (self.name, self.port)
+
+    @property
+    def base_url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    @property
+    def auth_url(self):
+        return self.base_url + keystone.PREFIX
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self):
+        """Bind the API port (the configured one, or a free one) and serve,
+        unless the configuration starts the cloud in an outage."""
+        with self._transition:
+            self._listener = Listener("127.0.0.1", self.config.port,
+                                      self.dispatch, "localcloud-api-%s"
+                                      % self.name)
+            self.port = self._listener.port
+            if self.state.faults["outage"]:
+                self._listener.close()
+                self._listener = None
+        LOG.info("cloud %s: API on %s (identity %s)%s", self.name,
+                 self.base_url, self.auth_url,
+                 " - in outage" if self._listener is None else "")
+
+    def close(self):
+        """Stop the listener and every node; remove the cloud's state."""
+        with self._transition:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        self.state.close()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        LOG.info("cloud %s: stopped", self.name)
+
+    def _apply_outage(self, outage):
+        with self._transition:
+            if outage and self._listener is not None:
+                self._listener.close()
+                self._listener = None
+                LOG.info("cloud %s: outage begins, port %d refuses "
+                         "connections", self.name, self.port)
+            elif not outage and self._listener is None and self.port:
+                self._listener = Listener("127.0.0.1", self.port,
+                                          self.dispatch, "localcloud-api-%s"
+                                          % self.name)
+                LOG.info("cloud %s: outage over, port %d answers again",
+                         self.name, self.port)
+
+    # -- admin operations -----------------------------------------------------------
+
+    def get_faults(self):
+        return self.state.get_faults()
+
+    def set_faults(self, update=None, **kwargs):
+        """Merge knobs (kebab-case keys, or keyword arguments with
+        underscores); FaultError names a bad knob.  Returns all knobs."""
+        result = self.state.set_faults(_knob_names(update, kwargs))
+        self._apply_outage(result["outage"])
+        LOG.info("cloud %s: faults now %s", self.name,
+                 {k: v for k, v in result.items()
+                  if k in _knob_names(update, kwargs)})
+        return result
+
+    def stats(self):
+        return self.state.stats_report()
+
+    def reset_stats(self):
+        self.state.reset_stats()
+
+    def servers(self):
+        return self.state.servers_report()
+
+    def images(self):
+        return self.state.images_report()
+
+    def revoke_tokens(self):
+        return self.state.revoke_tokens()
+
+    def info(self):
+        return {"name": self.name, "api_port": self.port,
+                "auth_url": self.auth_url, "region": self.config.region,
+                "ssh_port": self.config.ssh_port,
+                "address_range": str(self.config.address_range),
+                "outage": self._listener is None}
+
+    # -- API ------------------------------------------------------------------------
+
+    def _service(self, path):
+        for module in SERVICES:
+            prefix = module.PREFIX
+            if path == prefix or path.startswith(prefix + "/"):
+                return module, path[len(prefix):]
+        return None, path
+
+    def dispatch(self, request):
+        module, subpath = self._service(request.path)
+        handler, allowed = None, ()
+        key = generic_template(request.path)
+        if module is not None:
+            try:
+                handler, request.params, template = module.router.match(
+                    request.method, subpath)
+                key = module.PREFIX + template
+            except NoRoute as e:
+                allowed = e.allowed
+        latency, injected, retry_after = self.state.draw_api_fault()
+        if latency:
+            time.sleep(latency)
+        try:
+            if module is None:
+                response = Response(404, "404 Not Found\n\nThe resource could "
+                                    "not be found.\n", "text/plain")
+            elif injected:
+                raise ApiError(injected, module.injected_message(injected),
+                               {"Retry-After": str(retry_after)}
+                               if injected == 429 else {})
+            elif handler is None:
+                if allowed:
+                    raise ApiError(405, "The method specified is not allowed "
+                                   "for this resource.",
+                                   {"Allow": ", ".join(allowed)})
+                raise ApiError(404, "The resource could not be found.")
+            else:
+                response = module.handle(self, request, handler)
+        except ApiError as e:
+            response = module.render_error(self, request, e.status, e.message,
+                                           e.headers)
+            if e.status == 401:
+                response.headers["WWW-Authenticate"] = \
+                    'Keystone uri="%s"' % self.auth_url
+        request_id = "req-%s" % uuid.uuid4()
+        response.headers["x-openstack-request-id"] = request_id
+        if module is nova:
+            response.headers["x-compute-request-id"] = request_id
+        self.state.record_call("%s %s" % (request.method, key),
+                               response.status)
+        return response

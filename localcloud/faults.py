@@ -1,0 +1,186 @@
+"""Fault knobs of one local cloud: what can go wrong, and how often.
+
+Every knob has a kebab-case name used alike in the local cloud's YAML, in the
+admin endpoint's JSON and on the ``devstack-localcloud faults`` command line.
+``validate()`` turns user input into the normal form (delays always become
+``{"min": a, "max": b}``, quota entries ``None`` for unlimited) and raises
+``FaultError`` naming the knob; ``merge()`` applies a partial update the way
+``PUT /clouds/<name>/faults`` does (mapping-valued knobs merge one level deep).
+
+Randomness never lives here: the cloud draws from its own seeded
+``random.Random`` via ``chance()`` and ``sample()`` so a test with a seed is
+deterministic, and rates of exactly 0 or 1 never consult the generator at all.
+"""
+
+import copy
+import numbers
+
+#: The knobs, their defaults and what they mean.  Rates are probabilities in
+#: [0, 1]; delays are seconds, uniform between min and max.
+DEFAULTS = {
+    # seconds from POST /servers until ACTIVE (or ERROR)
+    "boot-delay": {"min": 0.0, "max": 0.0},
+    # probability a boot ends in ERROR with a fault
+    "boot-error-rate": 0.0,
+    # probability an ACTIVE server never sends an SSH banner
+    "no-network-rate": 0.0,
+    # probability a server stays in BUILD forever
+    "stuck-build-rate": 0.0,
+    # seconds added before every API answer
+    "api-latency": {"min": 0.0, "max": 0.0},
+    # probability an API call answers 500 (computeFault and friends)
+    "api-error-rate": 0.0,
+    # probability an API call answers 429 overLimit with Retry-After
+    "api-overlimit-rate": 0.0,
+    # the Retry-After value (whole seconds) sent with those 429s
+    "api-overlimit-retry-after": 1,
+    # absolute limits; None = unlimited (nova shows -1)
+    "quota": {"instances": None, "cores": None, "ram": None},
+    # seconds from createImage until the image is active (or killed)
+    "snapshot-delay": {"min": 0.0, "max": 0.0},
+    # probability a snapshot ends 'killed'
+    "snapshot-failure-rate": 0.0,
+    # True: the API port refuses connections
+    "outage": False,
+    # a DELETE answers 204 but the server stays in N more list calls
+    "lying-delete-lists": 0,
+    # lifetime of new tokens, seconds
+    "token-ttl": 3600.0,
+}
+
+RATES = ("boot-error-rate", "no-network-rate", "stuck-build-rate",
+         "api-error-rate", "api-overlimit-rate", "snapshot-failure-rate")
+DELAYS = ("boot-delay", "api-latency", "snapshot-delay")
+QUOTA_KEYS = ("instances", "cores", "ram")
+
+
+class FaultError(ValueError):
+    """A knob value that does not validate; the message names the knob."""
+
+
+def defaults():
+    return copy.deepcopy(DEFAULTS)
+
+
+def _number(value, where):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise FaultError("%s: expected a number, got %r" % (where, value))
+    return float(value)
+
+
+def _rate(value, where):
+    value = _number(value, where)
+    if not 0.0 <= value <= 1.0:
+        raise FaultError("%s: expected a probability between 0 and 1, got %r"
+                         % (where, value))
+    return value
+
+
+def _seconds(value, where):
+    value = _number(value, where)
+    if value < 0:
+        raise FaultError("%s: expected seconds >= 0, got %r" % (where, value))
+    return value
+
+
+def _count(value, where, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        expected = "a whole number >= 0" + (" or null (unlimited)"
+                                            if allow_none else "")
+        raise FaultError("%s: expected %s, got %r" % (where, expected, value))
+    return value
+
+
+def _delay(value, current, where):
+    """A delay is a number (fixed) or {min, max} (uniform); a mapping may give
+    only one bound, the other is kept from ``current``."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"min", "max"})
+        if unknown:
+            raise FaultError("%s: unknown key %r; valid keys are min, max"
+                             % (where, unknown[0]))
+        low = _seconds(value.get("min", current["min"]), where + ".min")
+        high = _seconds(value.get("max", current["max"]), where + ".max")
+        if "max" not in value and high < low:
+            high = low
+        if "min" not in value and low > high:
+            low = high
+    else:
+        low = high = _seconds(value, where)
+    if low > high:
+        raise FaultError("%s: min %s is greater than max %s" % (where, low, high))
+    return {"min": low, "max": high}
+
+
+def _quota(value, current, where):
+    if not isinstance(value, dict):
+        raise FaultError("%s: expected a mapping with keys %s, got %r"
+                         % (where, ", ".join(QUOTA_KEYS), value))
+    result = dict(current)
+    for key, item in value.items():
+        if key not in QUOTA_KEYS:
+            raise FaultError("%s: unknown key %r; valid keys are %s"
+                             % (where, key, ", ".join(QUOTA_KEYS)))
+        result[key] = _count(item, "%s.%s" % (where, key), allow_none=True)
+    return result
+
+
+def merge(current, update, where="faults"):
+    """Return a new knob dict: ``current`` with ``update`` applied.
+
+    ``update`` may hold any subset of the knobs.  Raises FaultError (naming
+    ``where`` and the knob) for an unknown knob or a bad value; ``current`` is
+    never modified.
+    """
+    if not isinstance(update, dict):
+        raise FaultError("%s: expected a mapping of knob names to values, got %r"
+                         % (where, update))
+    result = copy.deepcopy(current)
+    for key, value in update.items():
+        path = "%s.%s" % (where, key)
+        if key not in DEFAULTS:
+            raise FaultError("%s: unknown fault knob; valid knobs are %s"
+                             % (path, ", ".join(sorted(DEFAULTS))))
+        if key in RATES:
+            result[key] = _rate(value, path)
+        elif key in DELAYS:
+            result[key] = _delay(value, current[key], path)
+        elif key == "quota":
+            result[key] = _quota(value, current[key], path)
+        elif key == "outage":
+            if not isinstance(value, bool):
+                raise FaultError("%s: expected true or false, got %r"
+                                 % (path, value))
+            result[key] = value
+        elif key in ("lying-delete-lists", "api-overlimit-retry-after"):
+            result[key] = _count(value, path)
+        elif key == "token-ttl":
+            ttl = _seconds(value, path)
+            if ttl <= 0:
+                raise FaultError("%s: expected seconds > 0, got %r"
+                                 % (path, value))
+            result[key] = ttl
+    return result
+
+
+def validate(update, where="faults"):
+    """Defaults with ``update`` applied (for a cloud's configuration)."""
+    return merge(defaults(), update or {}, where)
+
+
+def chance(rng, rate):
+    """True with probability ``rate``; 0 and 1 never draw from ``rng``."""
+    if rate <= 0.0:
+        return False
+    if rate >= 1.0:
+        return True
+    return rng.random() < rate
+
+
+def sample(rng, delay):
+    """Seconds drawn uniformly from a {min, max} delay."""
+    if delay["max"] <= delay["min"]:
+        return delay["min"]
+    return rng.uniform(delay["min"], delay["max"])

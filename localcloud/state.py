@@ -1,0 +1,860 @@
+"""What one local cloud holds and how its objects live: servers, images,
+keypairs, tokens, quota usage.  No HTTP here; the API modules translate.
+
+Life of a server::
+
+    create_server()  -> BUILD (task_state spawning); outcome decided now from
+                        the cloud's seeded random generator
+    after boot-delay -> ACTIVE: the image's directory is copied into a fresh
+                        node root and a NodeHost (sshd) starts on the node's
+                        own loopback address; or ERROR with a fault; or
+                        nothing ever happens (stuck in BUILD)
+    delete_server()  -> the NodeHost stops and the root is removed before the
+                        204; with lying-delete-lists N the record keeps
+                        showing up in the next N list calls first
+
+Life of a snapshot image: createImage -> queued -> saving (the node root is
+copied into the image store) -> after snapshot-delay active, or killed.
+
+All mutable state is guarded by ``self.lock``; slow work (copying trees,
+starting and stopping NodeHosts) runs outside it.
+"""
+
+import base64
+import io
+import hashlib
+import ipaddress
+import itertools
+import logging
+import os
+import random
+import re
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+
+import paramiko
+
+from localcloud import faults as faults_mod
+from localcloud.scheduler import Scheduler
+from localcloud.sshhost import NodeHost
+
+LOG = logging.getLogger("localcloud")
+
+#: How many addresses a boot tries when binding fails (address taken by a
+#: parallel run or a lingering socket) before the server goes to ERROR.
+BIND_ATTEMPTS = 32
+NO_VALID_HOST = ("No valid host was found. There are not enough hosts "
+                 "available.")
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, message, extra headers.  Each API module
+    renders it in its own service's error format."""
+
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def iso(ts, micro=False):
+    """Nova/glance style UTC timestamp ("2013-09-03T04:01:32Z")."""
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    if micro:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def copy_tree(src, dst):
+    """Copy a directory tree with modes, times and symlinks (like cp -a).
+
+    Files that vanish while we copy (a node still running commands) are
+    skipped, sockets and fifos are ignored."""
+    os.makedirs(dst)
+    for dirpath, dirnames, filenames in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        target_dir = os.path.join(dst, rel) if rel != "." else dst
+        for name in dirnames + filenames:
+            source = os.path.join(dirpath, name)
+            target = os.path.join(target_dir, name)
+            try:
+                if os.path.islink(source):
+                    os.symlink(os.readlink(source), target)
+                elif name in dirnames:
+                    os.mkdir(target)
+                elif os.path.isfile(source):
+                    shutil.copy2(source, target, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+    # Directory times change while we fill them: copy their metadata last.
+    for dirpath, dirnames, _ in os.walk(src):
+        for name in dirnames:
+            source = os.path.join(dirpath, name)
+            if os.path.islink(source):
+                continue
+            target = os.path.join(dst, os.path.relpath(source, src))
+            try:
+                shutil.copystat(source, target)
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+    shutil.copystat(src, dst)
+
+
+def tree_size(path):
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def remove_tree(path):
+    if path and os.path.lexists(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def parse_public_key(line):
+    """(type, blob, fingerprint) of an OpenSSH public key line, or ValueError."""
+    parts = line.strip().split()
+    if len(parts) < 2:
+        raise ValueError("not an OpenSSH public key line")
+    blob = base64.b64decode(parts[1], validate=True)
+    paramiko.PKey.from_type_string(parts[0], blob)      # raises if invalid
+    digest = hashlib.md5(blob).hexdigest()
+    fingerprint = ":".join(digest[i:i + 2] for i in range(0, 32, 2))
+    return parts[0], blob, fingerprint
+
+
+class Token:
+    def __init__(self, id, issued, expires, scoped):
+        self.id, self.issued, self.expires, self.scoped = id, issued, expires, scoped
+        self.audit_id = secrets.token_urlsafe(16)
+
+
+class Keypair:
+    def __init__(self, id, name, public_key, fingerprint, type, created):
+        self.id, self.name = id, name
+        self.public_key, self.fingerprint = public_key, fingerprint
+        self.type, self.created = type, created
+
+
+class Image:
+    def __init__(self, id, name, seq, owner, store, owned, status="queued",
+                 visibility="private", properties=None, protected=False,
+                 min_ram=0, min_disk=0):
+        now = time.time()
+        self.id, self.name, self.seq, self.owner = id, name, seq, owner
+        self.store, self.owned = store, owned
+        self.status, self.visibility = status, visibility
+        self.properties = dict(properties or {})
+        self.protected = protected
+        self.min_ram, self.min_disk = min_ram, min_disk
+        self.created = self.updated = now
+        self.size = None
+        self.checksum = None
+
+    def snapshot(self):
+        return dict(vars(self))
+
+
+class Server:
+    def __init__(self, id, name, seq, flavor, image_id, key_name, public_key,
+                 metadata, outcome, boot_delay):
+        now = time.time()
+        self.id, self.name, self.seq = id, name, seq
+        self.flavor, self.image_id = flavor, image_id
+        self.key_name, self.public_key = key_name, public_key
+        self.metadata = dict(metadata)
+        self.outcome, self.boot_delay = outcome, boot_delay
+        self.created = self.updated = now
+        self.launched_at = None
+        self.status, self.vm_state, self.task_state = "BUILD", "building", "spawning"
+        self.power_state = 0
+        self.address = None
+        self.mac = None
+        self.root = None
+        self.host = None
+        self.host_key_line = None
+        self.fault = None
+        self.booting = False
+        self.deleted = False
+        self.deleted_at = None
+        self.linger = 0
+        self.purged = False
+        self.timer = None
+        self.admin_pass = secrets.token_urlsafe(9)
+        self.description = None
+
+    def snapshot(self):
+        data = dict(vars(self))
+        data.pop("host")
+        data.pop("timer")
+        data["metadata"] = dict(self.metadata)
+        data["fault"] = dict(self.fault) if self.fault else None
+        return data
+
+
+class CloudState:
+    """Servers, images, keypairs and tokens of one cloud (see module doc)."""
+
+    def __init__(self, config, state_dir):
+        self.config = config
+        self.name = config.name
+        self.lock = threading.RLock()
+        self.rng = random.Random(config.seed)
+        self.faults = faults_mod.merge(config.faults, {})
+        self.state_dir = state_dir
+        self.nodes_dir = os.path.join(state_dir, "nodes")
+        self.images_dir = os.path.join(state_dir, "images")
+        os.makedirs(self.nodes_dir, exist_ok=True)
+        os.makedirs(self.images_dir, exist_ok=True)
+        # identities, stable for the life of the cloud
+        ident = random.Random("%s/%s" % (config.name, config.seed))
+        self.user_id = "%032x" % ident.getrandbits(128)
+        self.project_id = "%032x" % ident.getrandbits(128)
+        self.admin_project_id = "%032x" % ident.getrandbits(128)
+        self.domain_id = "default"
+        self.host_id = hashlib.sha224(
+            ("%s%s" % (self.project_id, config.name)).encode()).hexdigest()
+
+        self.flavors = {f.id: f for f in config.flavors}
+        self.servers = {}       # visible: live and lingering
+        self.history = {}       # purged (deleted) servers, for admin + markers
+        self.images = {}
+        self.keypairs = {}
+        self.tokens = {}
+        self.stats = Counter()
+        self.statuses = Counter()
+        self.events = Counter()
+        self._seq = itertools.count(1)
+        self._keypair_ids = itertools.count(1)
+        self._addresses_in_use = set()
+        self._address_cursor = 0
+        self._hosts = list(self._usable_addresses())
+        self.scheduler = Scheduler("localcloud-%s" % self.name)
+        self._closed = False
+        for image in config.images:
+            self._seed_image(image)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _usable_addresses(self):
+        network = self.config.address_range
+        for address in network:
+            last = int(address) & 0xFF
+            if address == network.network_address or last in (0, 255):
+                continue
+            if address == ipaddress.IPv4Address("127.0.0.1"):
+                continue
+            yield str(address)
+
+    def _seed_image(self, image_config):
+        image_id = image_config.id or str(uuid.uuid4())
+        if image_config.directory:
+            store, owned = image_config.directory, False
+        else:
+            store, owned = os.path.join(self.images_dir, image_id), True
+            os.makedirs(store, exist_ok=True)
+        image = Image(image_id, image_config.name, next(self._seq),
+                      owner=self.admin_project_id, store=store, owned=owned,
+                      status="active", visibility="public",
+                      properties=image_config.properties,
+                      protected=image_config.protected,
+                      min_ram=image_config.min_ram,
+                      min_disk=image_config.min_disk)
+        image.size = tree_size(store)
+        self.images[image_id] = image
+        LOG.info("cloud %s: base image %s (%s) from %s", self.name,
+                 image_config.name, image_id, store if not owned else "nothing")
+
+    def count(self, event):
+        with self.lock:
+            self.events[event] += 1
+
+    # -- faults ------------------------------------------------------------------
+
+    def get_faults(self):
+        with self.lock:
+            return faults_mod.merge(self.faults, {})
+
+    def set_faults(self, update):
+        with self.lock:
+            self.faults = faults_mod.merge(self.faults, update)
+            return faults_mod.merge(self.faults, {})
+
+    def draw_api_fault(self):
+        """Latency and the injected error for one API call: (seconds, status)."""
+        with self.lock:
+            f = self.faults
+            latency = faults_mod.sample(self.rng, f["api-latency"])
+            status = None
+            if faults_mod.chance(self.rng, f["api-error-rate"]):
+                status = 500
+            elif faults_mod.chance(self.rng, f["api-overlimit-rate"]):
+                status = 429
+            return latency, status, f["api-overlimit-retry-after"]
+
+    # -- keystone ------------------------------------------------------------------
+
+    def issue_token(self, scoped):
+        with self.lock:
+            now = time.time()
+            for tid in [t for t, tok in self.tokens.items() if tok.expires < now]:
+                del self.tokens[tid]
+            token = Token("lc" + secrets.token_urlsafe(40), now,
+                          now + self.faults["token-ttl"], scoped)
+            self.tokens[token.id] = token
+            self.events["tokens-issued"] += 1
+            return token
+
+    def check_token(self, token_id):
+        """The valid token with this id, or None (unknown, revoked, expired)."""
+        with self.lock:
+            token = self.tokens.get(token_id or "")
+            if token is None or token.expires < time.time():
+                return None
+            return token
+
+    def revoke_tokens(self):
+        with self.lock:
+            count = len(self.tokens)
+            self.tokens.clear()
+        LOG.info("cloud %s: revoked %d tokens", self.name, count)
+        return count
+
+    # -- keypairs ------------------------------------------------------------------
+
+    def create_keypair(self, name, public_key, key_type):
+        """Returns (keypair, private key PEM or None)."""
+        private = None
+        if public_key is None:
+            key = paramiko.RSAKey.generate(2048)
+            buf = io.StringIO()
+            key.write_private_key(buf)
+            private = buf.getvalue()
+            public_key = "ssh-rsa %s Generated-by-Nova\n" % key.get_base64()
+        try:
+            _, _, fingerprint = parse_public_key(public_key)
+        except Exception:
+            raise ApiError(400, "Keypair data is invalid: failed to generate "
+                           "fingerprint") from None
+        with self.lock:
+            if name in self.keypairs:
+                raise ApiError(409, "Key pair '%s' already exists." % name)
+            keypair = Keypair(next(self._keypair_ids), name, public_key,
+                              fingerprint, key_type, time.time())
+            self.keypairs[name] = keypair
+        LOG.info("cloud %s: keypair %s created", self.name, name)
+        return keypair, private
+
+    def get_keypair(self, name):
+        with self.lock:
+            keypair = self.keypairs.get(name)
+        if keypair is None:
+            raise ApiError(404, "Keypair %s not found for user %s"
+                           % (name, self.user_id))
+        return keypair
+
+    def list_keypairs(self):
+        with self.lock:
+            return sorted(self.keypairs.values(), key=lambda k: k.name)
+
+    def delete_keypair(self, name):
+        with self.lock:
+            self.get_keypair(name)
+            del self.keypairs[name]
+
+    # -- flavors -------------------------------------------------------------------
+
+    def get_flavor(self, flavor_id):
+        flavor = self.flavors.get(str(flavor_id))
+        if flavor is None:
+            raise ApiError(404, "Flavor %s could not be found." % flavor_id)
+        return flavor
+
+    # -- quota -----------------------------------------------------------------------
+
+    def usage(self):
+        with self.lock:
+            servers = list(self.servers.values())
+            return {"instances": len(servers),
+                    "cores": sum(s.flavor.vcpus for s in servers),
+                    "ram": sum(s.flavor.ram for s in servers)}
+
+    def _check_quota(self, flavor, count):
+        quota = self.faults["quota"]
+        used = self.usage()
+        wanted = {"instances": count, "cores": flavor.vcpus * count,
+                  "ram": flavor.ram * count}
+        overs = [r for r in ("cores", "instances", "ram")
+                 if quota[r] is not None and used[r] + wanted[r] > quota[r]]
+        if overs:
+            def join(values):
+                return ", ".join(str(v) for v in values)
+            raise ApiError(403, "Quota exceeded for %s: Requested %s, but "
+                           "already used %s of %s %s" % (
+                               join(overs), join(wanted[r] for r in overs),
+                               join(used[r] for r in overs),
+                               join(quota[r] for r in overs), join(overs)))
+
+    # -- servers -------------------------------------------------------------------
+
+    def create_servers(self, name, image_id, flavor_id, key_name, metadata,
+                       min_count=1, max_count=1):
+        """Validate, check quota, record the servers in BUILD and schedule
+        their boots.  Returns the list of new Servers."""
+        with self.lock:
+            image = self.images.get(image_id)
+            if image is None:
+                raise ApiError(400, "Can not find requested image")
+            if image.status != "active":
+                raise ApiError(400, "Image %s is not active." % image_id)
+            flavor = self.flavors.get(flavor_id)
+            if flavor is None:
+                raise ApiError(400, "Flavor %s could not be found." % flavor_id)
+            if image.min_ram and flavor.ram < image.min_ram:
+                raise ApiError(400, "Flavor's memory is too small for "
+                               "requested image.")
+            if image.min_disk and flavor.disk < image.min_disk:
+                raise ApiError(400, "Flavor's disk is too small for "
+                               "requested image.")
+            public_key = None
+            if key_name is not None:
+                keypair = self.keypairs.get(key_name)
+                if keypair is None:
+                    raise ApiError(400, "Invalid key_name provided.")
+                public_key = keypair.public_key
+            count = max_count
+            while True:
+                try:
+                    self._check_quota(flavor, count)
+                    break
+                except ApiError:
+                    if count <= min_count:
+                        raise
+                    count -= 1
+            created = []
+            for index in range(count):
+                server_name = name if count == 1 else "%s-%d" % (name, index + 1)
+                created.append(self._new_server(server_name, flavor, image_id,
+                                                key_name, public_key, metadata))
+            return created
+
+    def _new_server(self, name, flavor, image_id, key_name, public_key,
+                    metadata):
+        f = self.faults
+        if faults_mod.chance(self.rng, f["stuck-build-rate"]):
+            outcome = "stuck"
+        elif faults_mod.chance(self.rng, f["boot-error-rate"]):
+            outcome = "error"
+        elif faults_mod.chance(self.rng, f["no-network-rate"]):
+            outcome = "no-network"
+        else:
+            outcome = "active"
+        delay = faults_mod.sample(self.rng, f["boot-delay"])
+        server = Server(str(uuid.uuid4()), name, next(self._seq), flavor,
+                        image_id, key_name, public_key, metadata, outcome,
+                        delay)
+        self.servers[server.id] = server
+        self.events["servers-created"] += 1
+        if outcome != "stuck":
+            server.timer = self.scheduler.call_later(delay, self._finish_boot,
+                                                     server)
+        LOG.info("cloud %s: server %s (%s) BUILD from image %s flavor %s",
+                 self.name, server.id, name, image_id, flavor.name)
+        return server
+
+    def _finish_boot(self, server):
+        with self.lock:
+            if server.deleted or self._closed:
+                return
+            if server.outcome == "error":
+                self._fail_boot(server, NO_VALID_HOST)
+                return
+            server.booting = True
+            image = self.images.get(server.image_id)
+            source = image.store if image is not None else None
+        root = os.path.join(self.nodes_dir, server.id)
+        host = None
+        try:
+            if source is None:
+                raise _BootFailure("Image %s could not be found."
+                                   % server.image_id)
+            try:
+                copy_tree(source, root)
+            except OSError as e:
+                raise _BootFailure("Failed to copy image %s: %s"
+                                   % (server.image_id, e))
+            host = self._start_host(server, root)
+        except _BootFailure as e:
+            remove_tree(root)
+            with self.lock:
+                server.booting = False
+                if not server.deleted:
+                    self._fail_boot(server, str(e))
+            return
+        with self.lock:
+            server.booting = False
+            stale = server.deleted or self._closed
+            if not stale:
+                now = time.time()
+                server.host = host
+                server.root = root
+                server.host_key_line = host.host_key_line
+                server.status, server.vm_state = "ACTIVE", "active"
+                server.task_state = None
+                server.power_state = 1
+                server.launched_at = server.updated = now
+                self.events["servers-active"] += 1
+                if server.outcome == "no-network":
+                    self.events["servers-no-network"] += 1
+            else:
+                self._addresses_in_use.discard(host.address)
+        if stale:
+            host.stop()
+            remove_tree(root)
+            return
+        LOG.info("cloud %s: server %s (%s) ACTIVE at %s:%d after %.1f s%s",
+                 self.name, server.id, server.name, server.address,
+                 self.config.ssh_port, time.time() - server.created,
+                 " (no network)" if server.outcome == "no-network" else "")
+
+    def _start_host(self, server, root):
+        users = {user: [server.public_key] if server.public_key else []
+                 for user in self.config.ssh_users}
+        for _ in range(min(BIND_ATTEMPTS, len(self._hosts))):
+            address = self._reserve_address()
+            if address is None:
+                break
+            host = NodeHost(address, self.config.ssh_port, root, users,
+                            reachable=server.outcome != "no-network")
+            try:
+                host.start()
+            except OSError as e:
+                LOG.info("cloud %s: cannot bind %s:%d (%s), trying the next "
+                         "address", self.name, address, self.config.ssh_port,
+                         e.strerror)
+                with self.lock:
+                    self._addresses_in_use.discard(address)
+                continue
+            with self.lock:
+                server.address = address
+                octets = [int(o) for o in address.split(".")]
+                server.mac = "fa:16:3e:%02x:%02x:%02x" % tuple(octets[1:])
+            return host
+        raise _BootFailure(NO_VALID_HOST + " (no free address in %s)"
+                           % self.config.address_range)
+
+    def _reserve_address(self):
+        with self.lock:
+            for _ in range(len(self._hosts)):
+                address = self._hosts[self._address_cursor % len(self._hosts)]
+                self._address_cursor += 1
+                if address not in self._addresses_in_use:
+                    self._addresses_in_use.add(address)
+                    return address
+            return None
+
+    def _fail_boot(self, server, message):
+        now = time.time()
+        server.status, server.vm_state = "ERROR", "error"
+        server.task_state = None
+        server.power_state = 0
+        server.updated = now
+        server.fault = {"code": 500, "created": iso(now), "message": message}
+        self.events["servers-error"] += 1
+        LOG.info("cloud %s: server %s (%s) ERROR: %s", self.name, server.id,
+                 server.name, message)
+
+    def get_server(self, server_id):
+        """A visible server's snapshot, or ApiError 404."""
+        with self.lock:
+            server = self.servers.get(server_id)
+            if server is None:
+                raise ApiError(404, "Instance %s could not be found."
+                               % server_id)
+            return server.snapshot()
+
+    def list_servers(self, name=None, statuses=None, image=None, flavor=None,
+                     limit=None, marker=None):
+        """Snapshots of visible servers, newest first, filtered and paged.
+
+        Every call counts down the servers whose delete "lied"."""
+        with self.lock:
+            servers = sorted(self.servers.values(), key=lambda s: -s.seq)
+            if marker is not None:
+                anchor = self.servers.get(marker) or self.history.get(marker)
+                if anchor is None:
+                    raise ApiError(400, "marker [%s] not found" % marker)
+                servers = [s for s in servers if s.seq < anchor.seq]
+            if name is not None:
+                try:
+                    pattern = re.compile(name)
+                except re.error:
+                    servers = []
+                else:
+                    servers = [s for s in servers if pattern.search(s.name)]
+            if statuses:
+                servers = [s for s in servers if s.status in statuses]
+            if image is not None:
+                servers = [s for s in servers if s.image_id == image]
+            if flavor is not None:
+                servers = [s for s in servers if s.flavor.id == flavor]
+            if limit is not None:
+                servers = servers[:limit]
+            result = [s.snapshot() for s in servers]
+            for server in list(self.servers.values()):
+                if server.deleted:
+                    server.linger -= 1
+                    if server.linger <= 0:
+                        self._purge(server)
+                        LOG.info("cloud %s: server %s (%s) finally gone from "
+                                 "lists", self.name, server.id, server.name)
+            return result
+
+    def _purge(self, server):
+        server.purged = True
+        self.servers.pop(server.id, None)
+        self.history[server.id] = server
+        if server.address:
+            self._addresses_in_use.discard(server.address)
+
+    def delete_server(self, server_id):
+        with self.lock:
+            server = self.servers.get(server_id)
+            if server is None:
+                raise ApiError(404, "Instance %s could not be found."
+                               % server_id)
+            if server.deleted:      # lingering: nova answers 204 again
+                return
+            server.deleted = True
+            server.deleted_at = server.updated = time.time()
+            server.task_state = "deleting"
+            if server.timer is not None:
+                server.timer.cancel()
+            host, root = server.host, server.root
+            server.host = None
+            linger = self.faults["lying-delete-lists"]
+            if linger > 0:
+                server.linger = linger
+            else:
+                self._purge(server)
+            self.events["servers-deleted"] += 1
+        if host is not None:
+            host.stop()
+        remove_tree(root)
+        LOG.info("cloud %s: server %s (%s) deleted%s", self.name, server.id,
+                 server.name, " (lingering in %d lists)" % linger
+                 if linger > 0 else "")
+
+    def console_output(self, server_id, length=None):
+        with self.lock:
+            server = self.servers.get(server_id)
+            if server is None or server.deleted:
+                raise ApiError(404, "Instance %s could not be found."
+                               % server_id)
+            if server.status != "ACTIVE":
+                raise ApiError(409, "Cannot 'get_console_output' instance %s "
+                               "while it is in vm_state %s"
+                               % (server_id, server.vm_state))
+            lines = ["localcloud node %s (%s)" % (server.name, server.id),
+                     "-----BEGIN SSH HOST KEY FINGERPRINTS-----",
+                     "-----END SSH HOST KEY FINGERPRINTS-----",
+                     "-----BEGIN SSH HOST KEY KEYS-----",
+                     server.host_key_line,
+                     "-----END SSH HOST KEY KEYS-----",
+                     "Cloud-init finished: %s" % server.name]
+        if length is not None and length >= 0:
+            lines = lines[-length:] if length else []
+        return "\n".join(lines) + ("\n" if lines else "")
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def create_snapshot(self, server_id, name, metadata):
+        with self.lock:
+            server = self.servers.get(server_id)
+            if server is None:
+                raise ApiError(404, "Instance %s could not be found."
+                               % server_id)
+            if server.status != "ACTIVE":
+                raise ApiError(409, "Cannot 'createImage' instance %s while it "
+                               "is in vm_state %s" % (server_id,
+                                                      server.vm_state))
+            if server.deleted or server.task_state is not None:
+                raise ApiError(409, "Cannot 'createImage' instance %s while it "
+                               "is in task_state %s"
+                               % (server_id, server.task_state))
+            properties = {"image_type": "snapshot", "instance_uuid": server.id,
+                          "base_image_ref": server.image_id,
+                          "user_id": self.user_id,
+                          "owner_project_name": self.config.project,
+                          "owner_user_name": self.config.username}
+            base = self.images.get(server.image_id)
+            if base is not None:
+                for key, value in base.properties.items():
+                    properties.setdefault(key, value)
+            properties.update(metadata)
+            image_id = str(uuid.uuid4())
+            image = Image(image_id, name, next(self._seq),
+                          owner=self.project_id,
+                          store=os.path.join(self.images_dir, image_id),
+                          owned=True, properties=properties,
+                          min_disk=server.flavor.disk)
+            self.images[image_id] = image
+            server.task_state = "image_snapshot"
+            fail = faults_mod.chance(self.rng,
+                                     self.faults["snapshot-failure-rate"])
+            delay = faults_mod.sample(self.rng, self.faults["snapshot-delay"])
+            self.events["images-created"] += 1
+            due = time.monotonic() + delay
+            self.scheduler.call_later(0, self._snapshot_copy, image, server,
+                                      server.root, fail, due)
+        LOG.info("cloud %s: image %s (%s) queued from server %s", self.name,
+                 image_id, name, server_id)
+        return image_id
+
+    def _snapshot_copy(self, image, server, root, fail, due):
+        partial = image.store + ".partial"
+        with self.lock:
+            if image.id not in self.images:
+                return
+            image.status, image.updated = "saving", time.time()
+            if server.task_state == "image_snapshot":
+                server.task_state = "image_uploading"
+        error = None
+        try:
+            copy_tree(root, partial)
+        except OSError as e:
+            error = "copy failed: %s" % e
+        self.scheduler.call_later(due - time.monotonic(), self._snapshot_finish,
+                                  image, server, partial, fail, error)
+
+    def _snapshot_finish(self, image, server, partial, fail, error):
+        with self.lock:
+            if server.task_state in ("image_snapshot", "image_uploading"):
+                server.task_state = None
+            gone = image.id not in self.images
+            if not gone:
+                image.updated = time.time()
+                if fail or error:
+                    image.status = "killed"
+                    self.events["images-killed"] += 1
+                else:
+                    os.rename(partial, image.store)
+                    image.size = tree_size(image.store)
+                    image.checksum = hashlib.md5(image.id.encode()).hexdigest()
+                    image.status = "active"
+                    self.events["images-active"] += 1
+        if gone or fail or error:
+            remove_tree(partial)
+        if not gone:
+            LOG.info("cloud %s: image %s (%s) %s", self.name, image.id,
+                     image.name, image.status if not error else
+                     "killed (%s)" % error)
+
+    # -- images -----------------------------------------------------------------
+
+    def get_image(self, image_id):
+        with self.lock:
+            image = self.images.get(image_id)
+            if image is None:
+                raise ApiError(404, "No image found with ID %s" % image_id)
+            return image.snapshot()
+
+    def list_images(self):
+        with self.lock:
+            return [image.snapshot() for image in self.images.values()]
+
+    def delete_image(self, image_id):
+        with self.lock:
+            image = self.images.get(image_id)
+            if image is None:
+                raise ApiError(404, "No image found with ID %s" % image_id)
+            if image.protected:
+                raise ApiError(403, "Image %s is protected and cannot be "
+                               "deleted." % image_id)
+            del self.images[image_id]
+            image.status = "deleted"
+            self.events["images-deleted"] += 1
+        if image.owned:
+            remove_tree(image.store)
+        LOG.info("cloud %s: image %s (%s) deleted", self.name, image_id,
+                 image.name)
+
+    # -- admin views --------------------------------------------------------------
+
+    def servers_report(self):
+        """Every server ever booted, including lingering and deleted ones."""
+        with self.lock:
+            servers = list(self.servers.values()) + list(self.history.values())
+            report = []
+            for s in sorted(servers, key=lambda s: s.seq):
+                report.append({
+                    "id": s.id, "name": s.name, "status": s.status,
+                    "task_state": s.task_state, "outcome": s.outcome,
+                    "address": s.address, "ssh_port": self.config.ssh_port,
+                    "root": s.root, "image_id": s.image_id,
+                    "flavor": s.flavor.id, "key_name": s.key_name,
+                    "metadata": dict(s.metadata),
+                    "host_key": s.host_key_line,
+                    "deleted": s.deleted, "lingering": s.deleted and not s.purged,
+                    "lingering_lists": s.linger if not s.purged else 0,
+                    "created": iso(s.created),
+                    "deleted_at": iso(s.deleted_at) if s.deleted_at else None,
+                })
+            return report
+
+    def images_report(self):
+        with self.lock:
+            return [{"id": i.id, "name": i.name, "status": i.status,
+                     "store": i.store, "size": i.size,
+                     "properties": dict(i.properties)}
+                    for i in sorted(self.images.values(), key=lambda i: i.seq)]
+
+    def stats_report(self):
+        with self.lock:
+            return {"calls": dict(sorted(self.stats.items())),
+                    "total": sum(self.stats.values()),
+                    "responses": {str(k): v for k, v in
+                                  sorted(self.statuses.items())},
+                    "events": dict(sorted(self.events.items()))}
+
+    def reset_stats(self):
+        with self.lock:
+            self.stats.clear()
+            self.statuses.clear()
+            self.events.clear()
+
+    def record_call(self, key, status):
+        with self.lock:
+            self.stats[key] += 1
+            self.statuses[status] += 1
+
+    # -- teardown -----------------------------------------------------------------
+
+    def close(self):
+        """Stop every node and forget pending work; the caller removes the
+        state directory."""
+        with self.lock:
+            self._closed = True
+        self.scheduler.shutdown()
+        with self.lock:
+            hosts = [s.host for s in self.servers.values() if s.host]
+            for server in self.servers.values():
+                server.host = None
+        for host in hosts:
+            host.stop()
+
+
+class _BootFailure(Exception):
+    pass
+
