@@ -1,6 +1,7 @@
 """The admin HTTP endpoint of a localcloud process (its own port, loopback).
 
     GET  /clouds                         every cloud: API port, auth URL, ...
+    GET  /clouds/<name>                  one of them
     GET  /clouds/<name>/faults           all knobs (JSON)
     PUT  /clouds/<name>/faults           merge the given knobs; answers all
     GET  /clouds/<name>/stats            API calls by "METHOD /path/{template}"
@@ -39,6 +40,11 @@ class _AdminError(Exception):
 def list_clouds(local, request):
     return {"clouds": {name: cloud.info()
                        for name, cloud in sorted(local.clouds.items())}}
+
+
+@router.route("GET", "/clouds/{name}")
+def get_cloud(local, request):
+    return _cloud(local, request).info()
 
 
 @router.route("GET", "/clouds/{name}/faults")

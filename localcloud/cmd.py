@@ -94,6 +94,9 @@ class AdminClient:
     def revoke_tokens(self):
         return self._call("POST", "/revoke-tokens", {})["revoked"]
 
+    def info(self):
+        return self._call("GET", "")
+
 
 def parse_assignments(pairs):
     """["quota.instances=4", "outage=true"] -> {"quota": {"instances": 4},

@@ -99,7 +99,7 @@ def _delay(value, current, where):
     if isinstance(value, dict):
         unknown = sorted(set(value) - {"min", "max"})
         if unknown:
-            raise FaultError("%s: unknown key %r; valid keys are min, max"
+            raise FaultError("%s.%s: unknown key; valid keys are min, max"
                              % (where, unknown[0]))
         low = _seconds(value.get("min", current["min"]), where + ".min")
         high = _seconds(value.get("max", current["max"]), where + ".max")
@@ -121,7 +121,7 @@ def _quota(value, current, where):
     result = dict(current)
     for key, item in value.items():
         if key not in QUOTA_KEYS:
-            raise FaultError("%s: unknown key %r; valid keys are %s"
+            raise FaultError("%s.%s: unknown key; valid keys are %s"
                              % (where, key, ", ".join(QUOTA_KEYS)))
         result[key] = _count(item, "%s.%s" % (where, key), allow_none=True)
     return result

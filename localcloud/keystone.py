@@ -182,6 +182,13 @@ def validate(cloud, request):
                          {"X-Subject-Token": token.id, "Vary": "X-Auth-Token"})
 
 
+def injected_message(status):
+    if status == 429:
+        return "This request was rate-limited."
+    return ("An unexpected error prevented the server from fulfilling your "
+            "request.")
+
+
 def handle(cloud, request, handler):
     return handler(cloud, request)
 

@@ -111,6 +111,10 @@ class CloudHandle:
     def revoke_tokens(self):
         return self._backend.revoke_tokens()
 
+    def info(self):
+        """API port, auth URL, region, ssh port, address range, outage."""
+        return self._backend.info()
+
     def calls(self, key):
         """How often "METHOD /path/{template}" was called."""
         return self.stats()["calls"].get(key, 0)

@@ -11,6 +11,7 @@ import functools
 import logging
 
 import pytest
+from novaclient import api_versions
 
 from localcloud.testing import (SSHKey, local_clouds, local_clouds_subprocess,
                                wait_for_server)
@@ -102,6 +103,8 @@ def boot(nova, base_image, keypair):
     def boot(name="node", image=None, wait=True, client=None, **kwargs):
         client = client or nova
         kwargs.setdefault("key_name", keypair.name)
+        if client.api_version >= api_versions.APIVersion("2.37"):
+            kwargs.setdefault("nics", "auto")
         server = client.servers.create(name, image or base_image.id, "1",
                                        **kwargs)
         return wait_for_server(client, server.id) if wait else server

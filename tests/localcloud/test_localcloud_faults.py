@@ -1,0 +1,237 @@
+"""Each fault knob, observed through the real clients, plus the admin
+endpoint that turns them while the cloud runs."""
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+
+import paramiko
+import pytest
+from keystoneauth1 import exceptions as ksa_exc
+
+from localcloud.testing import ssh_connect, wait_for_image, wait_for_server
+
+
+def _address(server):
+    return server.networks["private"][0]
+
+
+def test_boot_delay(cloud, nova, boot):
+    cloud.set_faults({"boot-delay": {"min": 0.4, "max": 0.4}})
+    started = time.monotonic()
+    server = boot("slow", wait=False)
+    assert nova.servers.get(server.id).status == "BUILD"
+    assert getattr(nova.servers.get(server.id),
+                   "OS-EXT-STS:task_state") == "spawning"
+    assert nova.servers.get(server.id).networks == {}
+    wait_for_server(nova, server.id)
+    assert time.monotonic() - started >= 0.4
+
+
+def test_boot_error_rate(cloud, nova, boot):
+    cloud.set_faults({"boot-error-rate": 1.0})
+    server = boot("doomed")
+    assert server.status == "ERROR"
+    assert server.fault["code"] == 500
+    assert server.fault["message"].startswith("No valid host was found.")
+    assert server.fault["created"].endswith("Z")
+    assert server.networks == {}
+    nova.servers.delete(server.id)
+    assert nova.servers.list() == []
+
+
+def test_no_network_rate(cloud, boot, ssh_key):
+    cloud.set_faults({"no-network-rate": 1.0})
+    server = boot("silent")
+    assert server.status == "ACTIVE"
+    address = _address(server)
+    socket.create_connection((address, 2222), timeout=2).close()  # TCP: yes
+    with pytest.raises(paramiko.SSHException):                   # SSH: no
+        ssh_connect(address, 2222, ssh_key.key, timeout=0.5)
+    assert [s["outcome"] for s in cloud.servers()] == ["no-network"]
+
+
+def test_stuck_build_rate(cloud, nova, boot):
+    cloud.set_faults({"stuck-build-rate": 1.0})
+    server = boot("stuck", wait=False)
+    time.sleep(0.3)
+    assert nova.servers.get(server.id).status == "BUILD"
+    nova.servers.delete(server.id)          # deleting a stuck server works
+    assert nova.servers.list() == []
+
+
+def test_api_latency(cloud, nova):
+    nova.flavors.list()
+    cloud.set_faults({"api-latency": 0.3})
+    started = time.monotonic()
+    nova.flavors.list()
+    assert time.monotonic() - started >= 0.3
+    cloud.set_faults({"api-latency": 0})
+    started = time.monotonic()
+    nova.flavors.list()
+    assert time.monotonic() - started < 0.3
+
+
+def test_api_error_rate_is_random_but_seeded(make_clouds, cloud_config):
+    def outcomes():
+        lc = make_clouds({"clouds": [cloud_config(
+            seed=99, faults={"api-error-rate": 0.5})]})
+        session = lc["local"].session()
+        compute = None
+        results = []
+        while compute is None:          # the token POST may fail too
+            try:
+                compute = session.get_endpoint(service_type="compute")
+            except (ksa_exc.InternalServerError, ksa_exc.DiscoveryFailure):
+                results.append("auth-500")
+        for _ in range(20):
+            resp = session.get(compute + "/flavors", raise_exc=False)
+            results.append(resp.status_code)
+        return results
+
+    first, second = outcomes(), outcomes()
+    assert first == second                      # same seed, same faults
+    assert 500 in first and 200 in first
+
+
+def test_quota_knob_from_config(make_clouds, cloud_config, ssh_key):
+    lc = make_clouds({"clouds": [cloud_config(
+        faults={"quota": {"instances": 1}})]})
+    nova = lc["local"].nova("2.1")
+    image = lc["local"].images()[0]["id"]
+    nova.servers.create("one", image, "1")
+    from novaclient import exceptions as nova_exc
+    with pytest.raises(nova_exc.Forbidden):
+        nova.servers.create("two", image, "1")
+    lc["local"].set_faults(quota={"instances": 2})
+    assert nova.servers.create("two", image, "1").id
+
+
+def test_snapshot_delay_and_status_progression(cloud, boot):
+    cloud.set_faults({"snapshot-delay": 0.5})
+    server = boot("template")
+    nova, glance = cloud.nova("2.45"), cloud.glance()
+    image_id = nova.servers.create_image(server.id, "slow-snapshot")
+    seen = set()
+    started = time.monotonic()
+    while True:
+        status = glance.images.get(image_id).status
+        seen.add(status)
+        if status == "active":
+            break
+        assert time.monotonic() - started < 5
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 0.45
+    assert "saving" in seen and seen <= {"queued", "saving", "active"}
+    assert getattr(nova.servers.get(server.id), "OS-EXT-STS:task_state") \
+        is None
+
+
+def test_snapshot_failure_rate(cloud, boot):
+    cloud.set_faults({"snapshot-failure-rate": 1.0})
+    server = boot("template")
+    glance = cloud.glance()
+    image_id = cloud.nova("2.45").servers.create_image(server.id, "bad")
+    assert wait_for_image(glance, image_id).status == "killed"
+    from novaclient import exceptions as nova_exc
+    with pytest.raises(nova_exc.BadRequest) as error:
+        boot("from-killed", image=image_id)
+    assert error.value.message == "Image %s is not active." % image_id
+
+
+def test_outage_refuses_connections_then_recovers(cloud, nova, boot):
+    boot("survivor")
+    port = cloud.info()["api_port"]
+    cloud.set_faults(outage=True)
+    assert cloud.info()["outage"] is True
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    with pytest.raises(ksa_exc.ConnectFailure):
+        nova.servers.list()
+    # a new client cannot even discover keystone's versions
+    with pytest.raises((ksa_exc.ConnectFailure, ksa_exc.DiscoveryFailure)):
+        cloud.nova("2.1").flavors.list()
+    cloud.set_faults(outage=False)
+    assert [s.name for s in nova.servers.list()] == ["survivor"]
+    assert cloud.info()["api_port"] == port
+
+
+def test_lying_delete_lingers_for_n_list_calls(cloud, nova, boot):
+    cloud.set_faults({"lying-delete-lists": 2})
+    server = boot("liar")
+    nova.servers.delete(server.id)          # 204, but...
+    assert [s.id for s in nova.servers.list()] == [server.id]
+    lingering = nova.servers.get(server.id)
+    assert getattr(lingering, "OS-EXT-STS:task_state") == "deleting"
+    nova.servers.delete(server.id)          # deleting again is fine
+    assert [s.id for s in nova.servers.list()] == [server.id]
+    assert nova.servers.list() == []
+    from novaclient import exceptions as nova_exc
+    with pytest.raises(nova_exc.NotFound):
+        nova.servers.get(server.id)
+    (record,) = cloud.servers()
+    assert record["deleted"] and not record["lingering"]
+
+
+def test_stats_count_calls_by_method_and_path(cloud, nova, boot):
+    server = boot("counted")
+    cloud.reset_stats()
+    nova.servers.get(server.id)
+    nova.servers.get(server.id)
+    nova.servers.list()
+    nova.servers.delete(server.id)
+    stats = cloud.stats()
+    assert stats["calls"] == {
+        "GET /compute/v2.1/servers/{id}": 2,
+        "GET /compute/v2.1/servers/detail": 1,
+        "DELETE /compute/v2.1/servers/{id}": 1,
+    }
+    assert stats["total"] == 4
+    assert stats["events"]["servers-deleted"] == 1
+
+
+# -- the admin HTTP endpoint ---------------------------------------------------------
+
+
+def _admin(url, method="GET", body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_admin_endpoint_faults_stats_servers(localcloud, nova, boot):
+    base = localcloud.admin_url + "/clouds/local"
+    status, knobs = _admin(base + "/faults")
+    assert status == 200 and knobs["boot-error-rate"] == 0.0
+    assert knobs["boot-delay"] == {"min": 0.05, "max": 0.05}
+    status, knobs = _admin(base + "/faults", "PUT",
+                           {"boot-error-rate": 1, "quota": {"cores": 4}})
+    assert status == 200
+    assert knobs["boot-error-rate"] == 1.0
+    assert knobs["quota"] == {"instances": None, "cores": 4, "ram": None}
+    assert boot("via-admin").status == "ERROR"
+
+    status, error = _admin(base + "/faults", "PUT", {"boot-eror-rate": 1})
+    assert status == 400
+    assert error["error"].startswith("faults.boot-eror-rate: unknown fault "
+                                     "knob; valid knobs are ")
+    status, error = _admin(base + "/faults", "PUT", {"no-network-rate": 2})
+    assert status == 400 and "between 0 and 1" in error["error"]
+
+    status, stats = _admin(base + "/stats")
+    assert stats["calls"]["POST /compute/v2.1/servers"] == 1
+    assert _admin(base + "/stats/reset", "POST", {})[1]["total"] == 0
+    status, servers = _admin(base + "/servers")
+    assert [s["name"] for s in servers["servers"]] == ["via-admin"]
+    status, clouds = _admin(localcloud.admin_url + "/clouds")
+    assert clouds["clouds"]["local"]["auth_url"] == localcloud["local"].auth_url
+    assert "password" not in json.dumps(clouds)
+    assert _admin(localcloud.admin_url + "/clouds/nope/faults")[0] == 404
+    status, revoked = _admin(base + "/revoke-tokens", "POST", {})
+    assert status == 200 and revoked["revoked"] >= 1
