@@ -1,0 +1,340 @@
+"""Launch: keep min-ready nodes per label of one provider, within max-servers.
+
+One run (what Jenkins starts every ten minutes, one matrix cell per provider):
+
+1. list the provider's servers once, and pick up nodes an earlier run left
+   building (a node row is written before its server is created, and the
+   server carries the node id in its metadata, so nothing is lost to a crash);
+2. per label that is not paused and has a current image:
+   deficit = min-ready - (ready + building), all labels together capped by
+   max-servers minus everything this provider holds (every node row in any
+   state, plus our tagged servers that have no node row, such as image
+   templates);
+3. boot the deficit in parallel from the label's current image on the
+   smallest flavor with at least min-ram;
+4. wait with one shared server list per poll: ACTIVE -> address -> SSH as the
+   image's user -> ready check -> host key stored -> ready.  ERROR, no
+   address, SSH timeout, a failed ready check or boot-timeout: the server is
+   deleted and the row marked delete with the reason;
+5. stop at the run's deadline; nodes still building are finished by the next run.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import time
+
+import vmdatabase
+from devstackgate import cloud, ssh
+from devstackgate.errors import GateError
+
+log = logging.getLogger('launch')
+
+@dataclasses.dataclass
+class LabelSummary:
+    ready: int = 0
+    building: int = 0
+    launched: int = 0
+    became_ready: int = 0
+    failed: int = 0
+    note: str = ''
+
+    def line(self, label):
+        text = ('%s: ready %d, building %d, launched %d, failed %d'
+                % (label, self.ready, self.building, self.launched, self.failed))
+        return text + ('; ' + self.note if self.note else '')
+
+
+@dataclasses.dataclass
+class Summary:
+    provider: str
+    labels: dict
+
+    @property
+    def failed(self):
+        return sum(s.failed for s in self.labels.values())
+
+    @property
+    def became_ready(self):
+        return sum(s.became_ready for s in self.labels.values())
+
+
+def node_name(prefix, label, provider, node_id):
+    return '%s-%s-%s-%d' % (prefix, label, provider, node_id)
+
+
+def describe(node):
+    return '%s %s %s' % (node.provider, node.label, node.name or 'node-%d' % node.id)
+
+
+class Launcher:
+    def __init__(self, config, provider, db, adapter, pkey, clock=time.monotonic):
+        self.config = config
+        self.provider = provider
+        self.db = db
+        self.adapter = adapter
+        self.pkey = pkey
+        self.clock = clock
+        self.started = clock()
+        self.deadline = self.started + config.launch_deadline
+        self.summary = Summary(provider.name, {i.name: LabelSummary() for i in provider.images})
+
+    # -- bookkeeping ------------------------------------------------------
+    def _nodes(self):
+        return self.db.transact(lambda s: s.nodes(provider=self.provider.name))
+
+    def _update(self, node_id, **fields):
+        self.db.transact(lambda s: s.update_node(node_id, **fields))
+
+    def _label(self, label):
+        return self.summary.labels.setdefault(label, LabelSummary())
+
+    def fail(self, node, reason, message):
+        """Delete the node's server (if any) and mark its row, with the reason."""
+        log.warning('%s: failed (%s): %s; deleting it', describe(node), reason, message)
+        if node.external_id:
+            try:
+                self.adapter.delete_server(node.external_id)
+            except GateError as e:
+                log.warning('%s: delete failed, the reaper will retry: %s', describe(node), e)
+        self._update(node.id, state='delete', fail_reason=reason)
+        self._label(node.label).failed += 1
+
+    # -- 1. pick up what earlier runs left --------------------------------
+    def resume(self, rows, servers):
+        by_node_id = {s.metadata.get(cloud.META_NODE_ID): s for s in servers
+                      if s.metadata.get(cloud.META_PROVIDER) == self.provider.name}
+        watch = []
+        now = time.time()
+        for node in rows:
+            if node.state != 'building':
+                continue
+            if node.external_id:
+                log.info('%s: still building from an earlier run (%.0f s old); waiting for it',
+                         describe(node), now - node.created)
+                watch.append(node)
+                continue
+            server = by_node_id.get(str(node.id))
+            if server is not None:
+                log.info('%s: found its server %s by metadata; waiting for it',
+                         describe(node), server.id)
+                self._update(node.id, external_id=server.id)
+                watch.append(dataclasses.replace(node, external_id=server.id))
+            elif now - node.created > self.provider.api_timeout:
+                # Its create call cannot still be in flight: nothing to wait on.
+                log.warning('%s: no server was ever recorded for it; marking it delete',
+                            describe(node))
+                self._update(node.id, state='delete', fail_reason='lost')
+        return watch
+
+    # -- 2. how many to boot ----------------------------------------------
+    def plan(self, rows, servers):
+        tracked = {str(n.id) for n in rows}
+        untracked = [s for s in servers
+                     if s.metadata.get(cloud.META_PROVIDER) == self.provider.name
+                     and s.metadata.get(cloud.META_NODE_ID) not in tracked]
+        held = sum(1 for n in rows if n.state != 'delete' or n.external_id) + len(untracked)
+        capacity = max(0, self.provider.max_servers - held)
+        counts = collections.Counter((n.label, n.state) for n in rows)
+        wanted = {}
+        for image in self.provider.images:
+            s = self._label(image.name)
+            s.ready, s.building = counts[(image.name, 'ready')], counts[(image.name, 'building')]
+            if image.paused:
+                s.note = 'paused'
+                continue
+            current = self.db.transact(
+                lambda ses: ses.current_image(self.provider.name, image.name))
+            if current is None:
+                s.note = 'no ready image (run devstack-vm-update-image.py %s %s)' % (
+                    self.provider.name, image.name)
+                log.warning('%s %s: no ready image; not launching', self.provider.name,
+                            image.name)
+                continue
+            deficit = image.min_ready - (s.ready + s.building)
+            if deficit > 0:
+                wanted[image.name] = (deficit, current)
+        # Share the capacity round-robin, so one label cannot starve the others.
+        allocation = collections.Counter()
+        while capacity > 0 and any(allocation[l] < d for l, (d, _) in wanted.items()):
+            for label, (deficit, _) in wanted.items():
+                if capacity > 0 and allocation[label] < deficit:
+                    allocation[label] += 1
+                    capacity -= 1
+        for label, (deficit, _) in wanted.items():
+            if allocation[label] < deficit:
+                self._label(label).note = 'max-servers %d reached: %d of %d wanted' % (
+                    self.provider.max_servers, allocation[label], deficit)
+        log.info('%s: %d servers held of max-servers %d (%d untracked); launching %s',
+                 self.provider.name, held, self.provider.max_servers, len(untracked),
+                 ', '.join('%d %s' % (n, l) for l, n in allocation.items()) or 'nothing')
+        return [(label, wanted[label][1]) for label, n in allocation.items() for _ in range(n)]
+
+    # -- 3. boot ----------------------------------------------------------
+    def boot(self, label, image_row, flavor):
+        image = self.provider.image(label)
+        node = self.db.transact(lambda s: s.create_node(
+            self.provider.name, label, image_id=image_row.id, username=image.username))
+        name = node_name(self.config.node_prefix, label, self.provider.name, node.id)
+        self._update(node.id, name=name)
+        node = dataclasses.replace(node, name=name)
+        metadata = {cloud.META_PROVIDER: self.provider.name, cloud.META_KIND: 'node',
+                    cloud.META_NODE_ID: str(node.id), cloud.META_LABEL: label,
+                    cloud.META_IMAGE_ID: str(image_row.id)}
+        log.info('%s: booting from image %s on flavor %s', describe(node), image_row.name,
+                 flavor.name)
+        self._label(label).launched += 1
+        try:
+            server_id = self.adapter.create_server(name, image_row.external_id, flavor.id,
+                                                   self.provider.keypair, metadata)
+        except GateError as e:
+            # Even after an error the server may exist (a lost reply): the row
+            # stays, marked, and the reaper finds any server by its metadata.
+            self._label(label).failed += 1
+            log.warning('%s: boot failed (%s): %s; marking it delete', describe(node), e.reason, e)
+            self._update(node.id, state='delete', fail_reason=e.reason)
+            return None
+        self._update(node.id, external_id=server_id)
+        return dataclasses.replace(node, external_id=server_id)
+
+    # -- 4. wait ----------------------------------------------------------
+    def check_node(self, node, ip):
+        """SSH in, run the ready check, capture the host key.  Returns an outcome tuple."""
+        image = self.provider.image(node.label)
+        node_deadline = self.clock() + (node.created + self.provider.boot_timeout - time.time())
+        deadline = min(node_deadline, self.deadline)
+        try:
+            client = ssh.wait_for_ssh(ip, self.provider.ssh_port, node.username, self.pkey,
+                                      deadline, self.config.ssh_connect_timeout,
+                                      interval=self.config.poll_interval,
+                                      describe=describe(node) + ': ', clock=self.clock)
+        except ssh.SSHTimeout as e:
+            if deadline < node_deadline:
+                return ('pending', str(e))
+            return ('fail', 'no-network', str(e))
+        try:
+            host_key = ssh.remote_host_key(client)
+            status, output = ssh.run(client, image.ready_check, self.config.ready_check_timeout)
+        except ssh.SSHError as e:
+            return ('fail', e.reason, str(e))
+        except Exception as e:  # a connection dropped mid-check
+            return ('fail', 'ready-check', '%s: %s' % (type(e).__name__, e))
+        finally:
+            client.close()
+        if status != 0:
+            last = output.strip().splitlines()[-1:] or ['no output']
+            return ('fail', 'ready-check', 'ready check exited %d: %s' % (status, last[0]))
+        return ('ready', ip, host_key)
+
+    def wait(self, watch):
+        pending = {n.id: n for n in watch}
+        checking = {}
+        with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
+            while pending or checking:
+                if self.clock() >= self.deadline:
+                    break
+                servers = None
+                if pending:
+                    try:
+                        servers = {s.id: s for s in self.adapter.list_servers()}
+                    except GateError as e:
+                        log.warning('%s: cannot list servers (%s); will try again',
+                                    self.provider.name, e)
+                for node in list(pending.values()) if servers is not None else ():
+                    self._poll_one(node, servers.get(node.external_id), pending, checking, pool)
+                timeout = min(self.config.poll_interval, max(0.0, self.deadline - self.clock()))
+                if checking:
+                    done, _ = concurrent.futures.wait(
+                        list(checking), timeout=timeout if pending else None,
+                        return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in done:
+                        self._checked(checking.pop(future), future.result())
+                elif pending:
+                    time.sleep(timeout)
+            for future, node in checking.items():
+                outcome = future.result()
+                self._checked(node, outcome)
+        left = [n for n in pending.values()] + [n for n in checking.values()
+                                               if self._state(n) == 'building']
+        if left:
+            log.info('%s: run deadline reached after %.0f s; %d node(s) still building are left '
+                     'for the next run', self.provider.name, self.clock() - self.started, len(left))
+
+    def _state(self, node):
+        row = self.db.transact(lambda s: s.get_node(node.id))
+        return row.state if row else None
+
+    def _poll_one(self, node, server, pending, checking, pool):
+        age = time.time() - node.created
+        if server is None:
+            del pending[node.id]
+            self.fail(node, 'vanished', 'server %s is gone from the server list' % node.external_id)
+        elif server.status == 'ERROR':
+            del pending[node.id]
+            self.fail(node, 'error', 'server went to ERROR: %s' % (server.fault or 'no fault given'))
+        elif server.status == 'ACTIVE':
+            ip = server.address(self.provider.ip_type)
+            if ip is None:
+                if age > self.provider.boot_timeout:
+                    del pending[node.id]
+                    self.fail(node, 'no-address', 'ACTIVE but no %s address after %.0f s'
+                              % (self.provider.ip_type, age))
+                return
+            del pending[node.id]
+            log.info('%s: ACTIVE at %s after %.0f s; waiting for SSH', describe(node), ip, age)
+            node = dataclasses.replace(node, ip=ip)
+            self._update(node.id, ip=ip)
+            checking[pool.submit(self.check_node, node, ip)] = node
+        elif age > self.provider.boot_timeout:
+            del pending[node.id]
+            self.fail(node, 'timeout', 'still %s after boot-timeout %.0f s'
+                      % (server.status, self.provider.boot_timeout))
+
+    def _checked(self, node, outcome):
+        if outcome[0] == 'ready':
+            _, ip, host_key = outcome
+            self._update(node.id, state='ready', ip=ip, host_key=host_key)
+            log.info('%s: building -> ready after %.0f s', describe(node),
+                     time.time() - node.created)
+            self._label(node.label).became_ready += 1
+        elif outcome[0] == 'fail':
+            self.fail(node, outcome[1], outcome[2])
+
+    # -- the run ----------------------------------------------------------
+    def run(self):
+        servers = self.adapter.list_servers()
+        rows = self._nodes()
+        watch = self.resume(rows, servers)
+        rows = self._nodes()
+        boots = self.plan(rows, servers)
+        if boots:
+            _, public_key = ssh.ensure_private_key(self.config.ssh_private_key)
+            self.adapter.ensure_keypair(self.provider.keypair, public_key)
+            flavors = self.adapter.list_flavors()
+            flavor_for = {}
+            for label in {label for label, _ in boots}:
+                image = self.provider.image(label)
+                flavor = cloud.smallest_flavor(flavors, image.min_ram)
+                if flavor is None:
+                    raise GateError('provider %s label %s: no flavor has min-ram %d MB'
+                                    % (self.provider.name, label, image.min_ram))
+                flavor_for[label] = flavor
+            with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
+                booted = list(pool.map(lambda b: self.boot(b[0], b[1], flavor_for[b[0]]), boots))
+            watch += [n for n in booted if n is not None]
+        self.wait(watch)
+        counts = collections.Counter((n.label, n.state) for n in self._nodes())
+        for label, s in self.summary.labels.items():
+            s.ready, s.building = counts[(label, 'ready')], counts[(label, 'building')]
+            log.info('%s %s', self.provider.name, s.line(label))
+        return self.summary
+
+
+def run(config, provider_name, db=None, adapter=None):
+    """One launch run for one provider; returns its Summary."""
+    provider = config.provider(provider_name)
+    db = db or vmdatabase.Database.from_config(config)
+    pkey, _ = ssh.ensure_private_key(config.ssh_private_key)
+    adapter = adapter or cloud.connect(provider)
+    return Launcher(config, provider, db, adapter, pkey).run()

@@ -1,0 +1,194 @@
+"""SSH to nodes with paramiko: wait for SSH, run commands, copy files, capture host keys.
+
+A node's host key is captured on the first connection (during the ready check)
+and stored with the node; every later connection pins it, and a changed key
+is an error, never silently accepted.  No private key material is ever
+printed or logged.
+"""
+
+import base64
+import binascii
+import logging
+import os
+import socket
+import time
+
+import paramiko
+
+from devstackgate.errors import GateError
+
+log = logging.getLogger('ssh')
+
+
+class SSHError(GateError):
+    reason = 'ssh'
+
+
+class SSHTimeout(SSHError):
+    """SSH never answered in time: the node has no working network."""
+    reason = 'no-network'
+
+
+class HostKeyMismatch(SSHError):
+    reason = 'host-key'
+
+
+class CommandTimeout(SSHError):
+    reason = 'timeout'
+
+
+def ensure_private_key(path):
+    """Load the pool's private key, creating an RSA key at `path` if there is none.
+
+    Returns (pkey, public_line).  The file is created 0600 and only its path
+    is ever logged.
+    """
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        key = paramiko.RSAKey.generate(2048)
+        # Written aside and linked into place, so concurrent first runs agree on one key.
+        tmp = '%s.tmp-%d' % (path, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            key.write_private_key(f)
+        try:
+            os.link(tmp, path)
+            log.info('created SSH key %s', path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    try:
+        key = paramiko.PKey.from_path(path)
+    except (OSError, paramiko.SSHException) as e:
+        raise SSHError('cannot load SSH private key %s: %s' % (path, type(e).__name__))
+    public = '%s %s devstack-gate' % (key.get_name(), key.get_base64())
+    if not os.path.exists(path + '.pub'):
+        with open(path + '.pub', 'w') as f:
+            f.write(public + '\n')
+    return key, public
+
+
+def host_key_line(key):
+    """'type base64' for a paramiko key, as stored with a node."""
+    return '%s %s' % (key.get_name(), key.get_base64())
+
+
+def known_hosts_line(ip, port, host_key):
+    host = ip if int(port) == 22 else '[%s]:%d' % (ip, int(port))
+    return '%s %s' % (host, host_key)
+
+
+class _Capture(paramiko.MissingHostKeyPolicy):
+    """Accept the first key seen (it is recorded and pinned from then on)."""
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def connect(ip, port, username, pkey, timeout, host_key=None):
+    """An SSHClient logged in to ip:port; pins host_key ('type base64') when given."""
+    client = paramiko.SSHClient()
+    if host_key:
+        kind, _, body = host_key.partition(' ')
+        try:
+            key = paramiko.PKey.from_type_string(kind, base64.b64decode(body))
+        except (ValueError, binascii.Error, paramiko.SSHException, paramiko.UnknownKeyType):
+            raise HostKeyMismatch('%s: stored host key is not a valid %s key' % (ip, kind))
+        host = ip if int(port) == 22 else '[%s]:%d' % (ip, int(port))
+        client.get_host_keys().add(host, kind, key)
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    else:
+        client.set_missing_host_key_policy(_Capture())
+    try:
+        # Our own socket, so TCP_NODELAY can be set: without it back-to-back
+        # commands each wait out Nagle's delay.
+        sock = socket.create_connection((ip, int(port)), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.connect(ip, port=int(port), username=username, pkey=pkey, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
+                       look_for_keys=False, sock=sock)
+    except paramiko.BadHostKeyException:
+        client.close()
+        raise HostKeyMismatch('%s:%s: host key changed since the node was checked; refusing'
+                              % (ip, port))
+    except paramiko.SSHException as e:
+        client.close()
+        if host_key and 'not found in known_hosts' in str(e):
+            raise HostKeyMismatch('%s:%s: host key changed since the node was checked; refusing'
+                                  % (ip, port))
+        raise
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def remote_host_key(client):
+    return host_key_line(client.get_transport().get_remote_server_key())
+
+
+def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, interval=2.0,
+                 describe='', clock=time.monotonic):
+    """Connect until it works or `deadline` (a clock() value) passes.
+
+    Logs what it waits for and how long it has waited.  Raises SSHTimeout.
+    """
+    started = clock()
+    last_error = None
+    last_log = started
+    while True:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise SSHTimeout('%sSSH to %s@%s:%s did not answer within %.0f s (%s)'
+                             % (describe, username, ip, port, clock() - started,
+                                last_error or 'no attempt'))
+        try:
+            return connect(ip, port, username, pkey, timeout=min(connect_timeout, remaining))
+        except HostKeyMismatch:
+            raise
+        except (OSError, socket.timeout, EOFError, paramiko.SSHException) as e:
+            last_error = '%s: %s' % (type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+        now = clock()
+        if now - last_log >= 30:
+            log.info('%swaiting for SSH on %s:%s, %.0f s so far (%s)',
+                     describe, ip, port, now - started, last_error)
+            last_log = now
+        time.sleep(max(0.0, min(interval, deadline - clock())))
+
+
+def run(client, command, timeout, on_line=None):
+    """Run a command; return (exit_status, combined output).
+
+    on_line(line) is called for each output line as it arrives (to stream a
+    setup script to the console).  Raises CommandTimeout past `timeout` s.
+    """
+    chan = client.get_transport().open_session()
+    chan.set_combine_stderr(True)
+    chan.settimeout(1.0)
+    chan.exec_command(command)
+    deadline = time.monotonic() + timeout
+    chunks, pending = [], b''
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise CommandTimeout('command did not finish within %g s' % timeout)
+            try:
+                data = chan.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            chunks.append(data)
+            if on_line:
+                pending += data
+                *lines, pending = pending.split(b'\n')
+                for line in lines:
+                    on_line(line.decode('utf-8', 'replace'))
+        if on_line and pending:
+            on_line(pending.decode('utf-8', 'replace'))
+        status = chan.recv_exit_status()
+    finally:
+        chan.close()
+    return status, b''.join(chunks).decode('utf-8', 'replace')

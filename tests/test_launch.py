@@ -1,0 +1,160 @@
+"""devstack-vm-launch against two local clouds, through the real clients, SSH and a real database."""
+
+import contextlib
+import re
+import signal
+import time
+
+import pytest
+
+from localcloud.testing import local_clouds
+from tests.pool import Pool, cloud_config, make_base_dir, provider
+
+
+@pytest.fixture
+def clouds_for(tmp_path):
+    with contextlib.ExitStack() as stack:
+        def start(*configs):
+            return stack.enter_context(local_clouds({'clouds': list(configs)},
+                                                    tmp_dir=str(tmp_path)))
+        yield start
+
+
+def two_providers(tmp_path, clouds_for, db_url, rax=None, hp=None, **settings):
+    base = make_base_dir(tmp_path)
+    clouds = clouds_for(cloud_config('rax', base, **(rax or {})),
+                        cloud_config('hp', base, **(hp or {})))
+    pool = Pool(tmp_path, clouds, db_url, [provider('rax'), provider('hp')], **settings)
+    pool.seed_base_images('rax', 'precise')
+    pool.seed_base_images('hp', 'precise')
+    return pool
+
+
+def test_fills_both_providers_to_min_ready(tmp_path, clouds_for, db_url):
+    pool = two_providers(tmp_path, clouds_for, db_url)
+    for name in ('rax', 'hp'):
+        proc = pool.run('devstack-vm-launch.py', name)
+        assert proc.returncode == 0, proc.stderr
+        assert '%s precise: ready 2, building 0, launched 2, failed 0' % name in proc.stderr
+        assert 'building -> ready after' in proc.stderr
+    nodes = pool.nodes()
+    assert sorted((n.provider, n.state) for n in nodes) == [
+        ('hp', 'ready'), ('hp', 'ready'), ('rax', 'ready'), ('rax', 'ready')]
+    for name in ('rax', 'hp'):
+        servers = {s['id']: s for s in pool.live_servers(name)}
+        mine = [n for n in nodes if n.provider == name]
+        assert sorted(servers) == sorted(n.external_id for n in mine)
+        for n in mine:
+            server = servers[n.external_id]
+            # The recorded facts are the cloud's: address, host key, metadata, name.
+            assert (n.ip, n.host_key) == (server['address'], server['host_key'])
+            assert server['metadata']['dg-node-id'] == str(n.id)
+            assert server['metadata']['dg-provider'] == name
+            assert server['name'] == n.name == 'dg-precise-%s-%d' % (name, n.id)
+            assert server['flavor'] == '1'   # the smallest with >= 512 MB
+    # A second run with a full pool boots nothing.
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0 and 'launching nothing' in proc.stderr
+    assert len(pool.live_servers('rax')) == 2
+
+
+def test_max_servers_counts_everything_the_provider_holds(tmp_path, clouds_for, db_url):
+    pool = two_providers(tmp_path, clouds_for, db_url)
+    pool.data['providers'][0]['max-servers'] = 3
+    pool.data['providers'][0]['images'][0]['min-ready'] = 5
+    pool.write()
+    # A held node counts against max-servers too.
+    pool.db.transact(lambda s: s.create_node('rax', 'precise', state='hold'))
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr
+    assert 'max-servers 3 reached: 2 of 5 wanted' in proc.stderr
+    assert len(pool.live_servers('rax')) == 2
+    assert len(pool.nodes(provider='rax', state='ready')) == 2
+
+
+@pytest.mark.parametrize('fault,reason', [
+    ({'boot-error-rate': 1.0}, 'error'),
+    ({'no-network-rate': 1.0}, 'no-network'),
+    ({'stuck-build-rate': 1.0}, 'timeout'),
+])
+def test_faults_never_give_a_ready_node(tmp_path, clouds_for, sqlite_url, fault, reason):
+    pool = two_providers(tmp_path, clouds_for, sqlite_url, rax={'faults': fault})
+    pool.data['providers'][0]['boot-timeout'] = 3
+    pool.write()
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 1
+    assert 'every node finished in this run failed (2)' in proc.stderr
+    assert 'failed (%s)' % reason in proc.stderr
+    nodes = pool.nodes(provider='rax')
+    assert [(n.state, n.fail_reason) for n in nodes] == [('delete', reason)] * 2
+    # The servers were deleted, not left running.
+    assert pool.live_servers('rax') == []
+
+
+def test_quota_is_recognised_and_not_retried(tmp_path, clouds_for, sqlite_url):
+    pool = two_providers(tmp_path, clouds_for, sqlite_url,
+                         rax={'faults': {'quota': {'instances': 1}}})
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr   # one node became ready
+    assert 'boot failed (quota)' in proc.stderr
+    states = sorted((n.state, n.fail_reason) for n in pool.nodes(provider='rax'))
+    assert states == [('delete', 'quota'), ('ready', None)]
+    creates = pool.clouds['rax'].calls('POST /compute/v2.1/servers')
+    assert creates == 2, 'a quota error must not be retried'
+    assert len(pool.live_servers('rax')) == 1
+
+
+def test_one_provider_down_does_not_stop_the_other(tmp_path, clouds_for, sqlite_url):
+    pool = two_providers(tmp_path, clouds_for, sqlite_url)
+    pool.data['providers'][0]['api-timeout'] = 2
+    pool.write()
+    pool.clouds['rax'].set_faults(outage=True)
+    down = pool.popen('devstack-vm-launch.py', 'rax')
+    up = pool.run('devstack-vm-launch.py', 'hp')
+    out, err = down.communicate(timeout=120)
+    assert up.returncode == 0, up.stderr
+    assert len(pool.nodes(provider='hp', state='ready')) == 2
+    assert down.returncode == 1
+    last = err.strip().splitlines()[-1]
+    # Retries stop at api-retries or at the api-timeout deadline, whichever comes first.
+    assert re.fullmatch(r'devstack-vm-launch: provider rax: list servers: identity API '
+                        r'unavailable \(version discovery failed\) \(gave up after [1-6] attempts\)',
+                        last), last
+    assert pool.nodes(provider='rax') == []
+
+
+def test_killed_run_is_finished_by_the_next_with_nothing_leaked(tmp_path, clouds_for, db_url):
+    pool = two_providers(tmp_path, clouds_for, db_url, rax={'faults': {'boot-delay': 3}})
+    proc = pool.popen('devstack-vm-launch.py', 'rax')
+    pool.wait_for(lambda: len([n for n in pool.nodes(provider='rax') if n.external_id]) == 2,
+                  what='both servers recorded')
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert [n.state for n in pool.nodes(provider='rax')] == ['building', 'building']
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count('still building from an earlier run') == 2
+    nodes = pool.nodes(provider='rax')
+    assert [n.state for n in nodes] == ['ready', 'ready']
+    servers = pool.live_servers('rax')
+    assert sorted(s['id'] for s in servers) == sorted(n.external_id for n in nodes)
+    assert pool.clouds['rax'].calls('POST /compute/v2.1/servers') == 2
+
+
+def test_waiting_uses_one_list_call_per_poll(tmp_path, clouds_for, sqlite_url):
+    """Six servers cost as many list calls as one: one list per poll, never a GET per server."""
+    pool = two_providers(tmp_path, clouds_for, sqlite_url, rax={'faults': {'boot-delay': 1.0}},
+                         hp={'faults': {'boot-delay': 1.0}})
+    pool.data['providers'][0]['images'][0]['min-ready'] = 6
+    pool.data['providers'][1]['images'][0]['min-ready'] = 1
+    pool.data['poll-interval'] = 0.2
+    pool.write()
+    lists = {}
+    for name in ('rax', 'hp'):
+        proc = pool.run('devstack-vm-launch.py', name)
+        assert proc.returncode == 0, proc.stderr
+        calls = pool.clouds[name].stats()['calls']
+        assert not any(k.startswith('GET /compute/v2.1/servers/{') for k in calls), calls
+        lists[name] = calls['GET /compute/v2.1/servers/detail']
+    assert len(pool.nodes(provider='rax', state='ready')) == 6
+    assert lists['rax'] <= lists['hp'] + 3, lists
