@@ -100,6 +100,21 @@ MIGRATIONS = [
             result VARCHAR(16) NOT NULL
         )""",
     ]),
+    # The reaper deletes an untracked resource of ours only after seeing it on
+    # two runs in a row, so it needs memory between runs.
+    (2, [
+        """CREATE TABLE leaks (
+            id {pk},
+            provider VARCHAR(255) NOT NULL,
+            kind VARCHAR(16) NOT NULL,
+            external_id VARCHAR(255) NOT NULL,
+            name VARCHAR(255),
+            first_seen DOUBLE NOT NULL,
+            last_seen DOUBLE NOT NULL,
+            sightings INTEGER NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX leaks_resource ON leaks (provider, kind, external_id)",
+    ]),
 ]
 
 
@@ -164,11 +179,24 @@ class Result:
     result: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Leak:
+    """An untracked server or image of ours, as seen by consecutive reap runs."""
+    id: int
+    provider: str
+    kind: str               # 'server' or 'image'
+    external_id: str
+    name: str
+    first_seen: float
+    last_seen: float
+    sightings: int
+
+
 def _columns(cls):
     return [f.name for f in dataclasses.fields(cls)]
 
 
-_TABLES = {Node: 'nodes', Image: 'images', Result: 'results'}
+_TABLES = {Node: 'nodes', Image: 'images', Result: 'results', Leak: 'leaks'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +405,36 @@ class Session:
             raise ValueError('unknown result %r; valid: %s' % (result, ', '.join(RESULTS)))
         self._update(Result, result_id, {'result': result,
                                          'end_time': time.time() if now is None else now})
+
+    # -- leaks ------------------------------------------------------------
+    def record_sightings(self, provider, kind, seen, now=None):
+        """Note this run's untracked resources; forget those no longer seen.
+
+        `seen` maps external id -> name.  A resource seen again gets one more
+        sighting; one missing from this run is forgotten, so sightings count
+        runs in a row.  Returns the current Leak rows for provider and kind.
+        """
+        now = time.time() if now is None else now
+        known = {l.external_id: l for l in self.leaks(provider, kind)}
+        for external_id, leak in known.items():
+            if external_id not in seen:
+                self._execute('DELETE FROM leaks WHERE id = ?', [leak.id])
+        for external_id, name in seen.items():
+            leak = known.get(external_id)
+            if leak is None:
+                self._insert('leaks', {'provider': provider, 'kind': kind,
+                                       'external_id': external_id, 'name': name,
+                                       'first_seen': now, 'last_seen': now, 'sightings': 1})
+            else:
+                self._update(Leak, leak.id, {'last_seen': now, 'sightings': leak.sightings + 1})
+        return self.leaks(provider, kind)
+
+    def leaks(self, provider=None, kind=None):
+        where, params = self._filters(provider=provider, kind=kind)
+        return self._select(Leak, where, params)
+
+    def forget_leak(self, leak_id):
+        self._execute('DELETE FROM leaks WHERE id = ?', [leak_id])
 
 
 class Database:

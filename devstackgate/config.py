@@ -48,7 +48,7 @@ REQUIRED = _Missing()
 @dataclasses.dataclass(frozen=True)
 class Key:
     """One row of a validation table."""
-    kind: str                 # 'str', 'int', 'number', 'bool', 'list', 'strlist', 'name'
+    kind: str                 # 'str', 'int', 'number', 'bool', 'list', 'strlist', 'name', 'mapping'
     default: object = REQUIRED
     minimum: float = None
     choices: tuple = None
@@ -58,7 +58,7 @@ class Key:
         what = {
             'str': 'a string', 'name': 'a name of letters, digits, ".", "_" or "-"',
             'int': 'a whole number', 'number': 'a number', 'bool': 'true or false',
-            'list': 'a list', 'strlist': 'a list of strings',
+            'list': 'a list', 'strlist': 'a list of strings', 'mapping': 'a mapping',
         }[self.kind]
         if self.choices:
             what = 'one of ' + ', '.join(repr(c) for c in self.choices)
@@ -90,6 +90,20 @@ GLOBAL_KEYS = {
     'ready-check-timeout': Key('number', 120, minimum=1, doc='seconds the ready check may run'),
     'fetch-poll': Key('number', 2, minimum=0.01,
                       doc='seconds between database polls while fetch waits'),
+    'max-ready-hours': Key('number', 24, minimum=0.01,
+                           doc='ready nodes older than this are replaced by fresh ones'),
+    'max-used-hours': Key('number', 8, minimum=0.01,
+                          doc='a node in use longer than this belongs to a job that died'),
+    'leak-grace': Key('number', 900, minimum=0,
+                      doc='seconds an untracked server or image of ours must be old '
+                          'before the reaper deletes it'),
+    'keep-images': Key('int', 2, minimum=2,
+                       doc='ready images kept per provider and label (current and previous)'),
+    'image-build-timeout': Key('number', 7200, minimum=1,
+                               doc='seconds the setup scripts on a template may take'),
+    'snapshot-timeout': Key('number', 3600, minimum=1,
+                            doc='seconds a snapshot may take to become active'),
+    'gate': Key('mapping', None, doc='settings of devstack-vm-gate.sh'),
     'providers': Key('list'),
 }
 
@@ -122,6 +136,25 @@ IMAGE_KEYS = {
     'paused': Key('bool', False, doc='stop building new images for this label'),
     'ready-check': Key('str', DEFAULT_READY_CHECK,
                        doc='command a node must pass over SSH before it joins the pool'),
+    'validate': Key('str', None,
+                    doc='extra command a canary node of a new image must pass'),
+}
+
+GATE_KEYS = {
+    'label': Key('name', 'precise', doc='label of the node a gate run fetches'),
+    'git-base': Key('str', 'https://opendev.org',
+                    doc='URL or local directory the projects are cloned from'),
+    'projects': Key('strlist', ('openstack/devstack',),
+                    doc='repositories prepared in the workspace, in order'),
+    'branch': Key('str', 'master', doc='target branch when the change names none'),
+    'workspace': Key('str', 'workspace', doc='directory (relative to the job) holding clones'),
+    'test-command': Key('str', 'cd devstack && ./stack.sh && ./exercise.sh',
+                        doc='run on the node, from the copied workspace'),
+    'test-timeout': Key('number', 5400, minimum=1, doc='seconds the test command may run'),
+    'fetch-wait': Key('number', 600, minimum=0, doc='seconds to wait for a ready node'),
+    'git-timeout': Key('number', 300, minimum=1, doc='seconds one git network step may take'),
+    'git-retries': Key('int', 3, minimum=1, doc='attempts of one git network step'),
+    'rsync-timeout': Key('number', 1800, minimum=1, doc='seconds one copy may take'),
 }
 
 
@@ -135,6 +168,7 @@ class ImageConfig:
     username: str
     paused: bool
     ready_check: str
+    validate: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +196,21 @@ class ProviderConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GateConfig:
+    label: str
+    git_base: str
+    projects: tuple
+    branch: str
+    workspace: str
+    test_command: str
+    test_timeout: float
+    fetch_wait: float
+    git_timeout: float
+    git_retries: int
+    rsync_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: str
     database: str
@@ -176,6 +225,13 @@ class Config:
     ssh_connect_timeout: float
     ready_check_timeout: float
     fetch_poll: float
+    max_ready_hours: float
+    max_used_hours: float
+    leak_grace: float
+    keep_images: int
+    image_build_timeout: float
+    snapshot_timeout: float
+    gate: 'GateConfig'
     providers: tuple
 
     def provider(self, name):
@@ -236,6 +292,8 @@ def validate(data, path, check_clouds=True, environ=None):
         raise ConfigError(['%s: expected a mapping of settings at the top level, got %s'
                            % (path, _typename(data))])
     top = _section(data, GLOBAL_KEYS, '', path, errors)
+    gate = _section(top['gate'] if isinstance(top.get('gate'), dict) else {}, GATE_KEYS,
+                    'gate.', path, errors)
     providers = []
     seen = set()
     for i, pdata in enumerate(top.get('providers') or ()):
@@ -277,7 +335,7 @@ def validate(data, path, check_clouds=True, environ=None):
         _check_clouds(providers, path, errors, environ)
     if errors:
         raise ConfigError(errors)
-    return _build(Config, top, GLOBAL_KEYS, path=path,
+    return _build(Config, top, GLOBAL_KEYS, path=path, gate=_build(GateConfig, gate, GATE_KEYS),
                   ssh_private_key=os.path.expanduser(top['ssh-private-key']),
                   providers=tuple(
                       _build(ProviderConfig, p, PROVIDER_KEYS,
@@ -345,6 +403,9 @@ def _check(value, spec):
             return shown
     elif kind == 'list':
         if not isinstance(value, list):
+            return shown
+    elif kind == 'mapping':
+        if not isinstance(value, dict):
             return shown
     elif kind == 'strlist':
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):

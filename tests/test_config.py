@@ -56,6 +56,9 @@ def test_good_config_defaults_and_values():
     assert hp.image('oneiric').username == 'jenkins'
     assert cfg.labels() == ['oneiric', 'precise']
     assert cfg.hold_hours == 24
+    assert cfg.gate.projects == ('openstack-dev/devstack', 'openstack/nova')
+    assert (cfg.gate.git_base, cfg.gate.test_timeout, cfg.gate.branch) == ('/srv/git', 3600, 'master')
+    assert cfg.keep_images == 2
 
 
 def test_unknown_provider_names_the_known_ones():

@@ -248,3 +248,33 @@ def test_password_from_environment_or_option_file_never_printed(mysql_url, tmp_p
     finally:
         cur.execute("DROP USER '%s'@'%%'" % user)
         admin.close()
+
+
+def test_leak_sightings_count_runs_in_a_row(db_url):
+    db = vmdatabase.Database(db_url)
+    seen = db.transact(lambda s: s.record_sightings('rax', 'server', {'a': 'dg-a', 'b': 'dg-b'},
+                                                    now=1.0))
+    assert sorted((l.external_id, l.sightings) for l in seen) == [('a', 1), ('b', 1)]
+    seen = db.transact(lambda s: s.record_sightings('rax', 'server', {'a': 'dg-a'}, now=2.0))
+    assert [(l.external_id, l.sightings, l.first_seen, l.last_seen) for l in seen] == [
+        ('a', 2, 1.0, 2.0)]
+    # b was missed once: seen again, it starts over.
+    seen = db.transact(lambda s: s.record_sightings('rax', 'server', {'a': 'dg-a', 'b': 'dg-b'},
+                                                    now=3.0))
+    assert sorted((l.external_id, l.sightings) for l in seen) == [('a', 3), ('b', 1)]
+    # Other providers and kinds are separate.
+    assert db.transact(lambda s: s.leaks('hp')) == []
+    assert db.transact(lambda s: s.record_sightings('rax', 'image', {}, now=4.0)) == []
+    assert len(db.transact(lambda s: s.leaks('rax', 'server'))) == 2
+
+
+def test_version_1_database_upgrades_to_current(db_url, monkeypatch):
+    monkeypatch.setattr(vmdatabase, 'MIGRATIONS', vmdatabase.MIGRATIONS[:1])
+    db = vmdatabase.Database(db_url)
+    assert db.version() == 1
+    node = db.transact(lambda s: s.create_node('rax', 'precise', state='ready', name='old'))
+    monkeypatch.undo()
+    db = vmdatabase.Database(db_url)
+    assert db.version() == vmdatabase.schema_version() >= 2
+    assert db.transact(lambda s: s.get_node(node.id)).name == 'old'
+    assert db.transact(lambda s: s.record_sightings('rax', 'server', {'x': 'dg-x'}))[0].sightings == 1
