@@ -16,7 +16,8 @@ Nothing here ever shows a password or a token.
 """
 
 from localcloud.faults import FaultError
-from localcloud.web import Listener, NoRoute, Router, json_response
+from localcloud.web import (ListenError, Listener, NoRoute, Router,
+                            json_response)
 
 router = Router()
 
@@ -95,8 +96,12 @@ def revoke_tokens(local, request):
 class AdminServer:
     def __init__(self, local, port=0):
         self.local = local
-        self._listener = Listener("127.0.0.1", port, self.dispatch,
-                                  "localcloud-admin")
+        try:
+            self._listener = Listener("127.0.0.1", port, self.dispatch,
+                                      "localcloud-admin")
+        except OSError as e:
+            raise ListenError(e.errno, "admin endpoint: cannot listen on "
+                          "127.0.0.1:%d: %s" % (port, e.strerror)) from None
         self.port = self._listener.port
         self.url = "http://127.0.0.1:%d" % self.port
 

@@ -19,7 +19,8 @@ import uuid
 
 from localcloud import glance, keystone, nova
 from localcloud.state import ApiError, CloudState
-from localcloud.web import Listener, NoRoute, Response, generic_template
+from localcloud.web import (ListenError, Listener, NoRoute, Response,
+                            generic_template)
 
 LOG = logging.getLogger("localcloud")
 SERVICES = (keystone, nova, glance)
@@ -60,9 +61,7 @@ class Cloud:
         """Bind the API port (the configured one, or a free one) and serve,
         unless the configuration starts the cloud in an outage."""
         with self._transition:
-            self._listener = Listener("127.0.0.1", self.config.port,
-                                      self.dispatch, "localcloud-api-%s"
-                                      % self.name)
+            self._listener = self._listen(self.config.port)
             self.port = self._listener.port
             if self.state.faults["outage"]:
                 self._listener.close()
@@ -70,6 +69,14 @@ class Cloud:
         LOG.info("cloud %s: API on %s (identity %s)%s", self.name,
                  self.base_url, self.auth_url,
                  " - in outage" if self._listener is None else "")
+
+    def _listen(self, port):
+        try:
+            return Listener("127.0.0.1", port, self.dispatch,
+                            "localcloud-api-%s" % self.name)
+        except OSError as e:
+            raise ListenError(e.errno, "cloud %s: cannot listen on 127.0.0.1:%d: "
+                          "%s" % (self.name, port, e.strerror)) from None
 
     def close(self):
         """Stop the listener and every node; remove the cloud's state."""
@@ -89,9 +96,7 @@ class Cloud:
                 LOG.info("cloud %s: outage begins, port %d refuses "
                          "connections", self.name, self.port)
             elif not outage and self._listener is None and self.port:
-                self._listener = Listener("127.0.0.1", self.port,
-                                          self.dispatch, "localcloud-api-%s"
-                                          % self.name)
+                self._listener = self._listen(self.port)
                 LOG.info("cloud %s: outage over, port %d answers again",
                          self.name, self.port)
 

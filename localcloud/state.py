@@ -210,7 +210,13 @@ class CloudState:
         self.config = config
         self.name = config.name
         self.lock = threading.RLock()
-        self.rng = random.Random(config.seed)
+        # One generator per kind of decision, so that e.g. how often a client
+        # polls (API draws) never changes which boots fail (boot draws).
+        seed = config.seed if config.seed is not None else \
+            secrets.randbits(64)
+        self.rng_api = random.Random("%s/api" % seed)
+        self.rng_boot = random.Random("%s/boot" % seed)
+        self.rng_snapshot = random.Random("%s/snapshot" % seed)
         self.faults = faults_mod.merge(config.faults, {})
         self.state_dir = state_dir
         self.nodes_dir = os.path.join(state_dir, "nodes")
@@ -295,11 +301,11 @@ class CloudState:
         """Latency and the injected error for one API call: (seconds, status)."""
         with self.lock:
             f = self.faults
-            latency = faults_mod.sample(self.rng, f["api-latency"])
+            latency = faults_mod.sample(self.rng_api, f["api-latency"])
             status = None
-            if faults_mod.chance(self.rng, f["api-error-rate"]):
+            if faults_mod.chance(self.rng_api, f["api-error-rate"]):
                 status = 500
-            elif faults_mod.chance(self.rng, f["api-overlimit-rate"]):
+            elif faults_mod.chance(self.rng_api, f["api-overlimit-rate"]):
                 status = 429
             return latency, status, f["api-overlimit-retry-after"]
 
@@ -452,15 +458,15 @@ class CloudState:
     def _new_server(self, name, flavor, image_id, key_name, public_key,
                     metadata):
         f = self.faults
-        if faults_mod.chance(self.rng, f["stuck-build-rate"]):
+        if faults_mod.chance(self.rng_boot, f["stuck-build-rate"]):
             outcome = "stuck"
-        elif faults_mod.chance(self.rng, f["boot-error-rate"]):
+        elif faults_mod.chance(self.rng_boot, f["boot-error-rate"]):
             outcome = "error"
-        elif faults_mod.chance(self.rng, f["no-network-rate"]):
+        elif faults_mod.chance(self.rng_boot, f["no-network-rate"]):
             outcome = "no-network"
         else:
             outcome = "active"
-        delay = faults_mod.sample(self.rng, f["boot-delay"])
+        delay = faults_mod.sample(self.rng_boot, f["boot-delay"])
         server = Server(str(uuid.uuid4()), name, next(self._seq), flavor,
                         image_id, key_name, public_key, metadata, outcome,
                         delay)
@@ -711,9 +717,9 @@ class CloudState:
                           min_disk=server.flavor.disk)
             self.images[image_id] = image
             server.task_state = "image_snapshot"
-            fail = faults_mod.chance(self.rng,
+            fail = faults_mod.chance(self.rng_snapshot,
                                      self.faults["snapshot-failure-rate"])
-            delay = faults_mod.sample(self.rng, self.faults["snapshot-delay"])
+            delay = faults_mod.sample(self.rng_snapshot, self.faults["snapshot-delay"])
             self.events["images-created"] += 1
             due = time.monotonic() + delay
             self.scheduler.call_later(0, self._snapshot_copy, image, server,

@@ -156,6 +156,13 @@ class HTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
+class ListenError(OSError):
+    """A port that cannot be bound; the message names who wanted it."""
+
+    def __str__(self):
+        return self.strerror
+
+
 class Listener:
     """A started HTTPServer plus its serving thread."""
 

@@ -152,3 +152,18 @@ def test_parse_assignments():
                                   "boot-delay={min: 1, max: 2}"]) == {
         "outage": True, "quota": {"instances": 4, "cores": None},
         "api-latency": 0.5, "boot-delay": {"min": 1, "max": 2}}
+
+
+def test_busy_api_port_is_one_clear_line(tmp_path, capsys):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path = tmp_path / "busy.yaml"
+        path.write_text("clouds:\n  - name: busy\n    port: %d\n" % port)
+        assert cmd.main(["run", "--config", str(path), "--clouds-yaml",
+                         str(tmp_path / "clouds.yaml")]) == 1
+    assert capsys.readouterr().err == (
+        "devstack-localcloud: error: cloud busy: cannot listen on "
+        "127.0.0.1:%d: Address already in use\n" % port)

@@ -9,6 +9,7 @@ import urllib.request
 
 import paramiko
 import pytest
+from glanceclient import exc as glance_exc
 from keystoneauth1 import exceptions as ksa_exc
 
 from localcloud.testing import ssh_connect, wait_for_image, wait_for_server
@@ -114,6 +115,10 @@ def test_snapshot_delay_and_status_progression(cloud, boot):
     server = boot("template")
     nova, glance = cloud.nova("2.45"), cloud.glance()
     image_id = nova.servers.create_image(server.id, "slow-snapshot")
+    from novaclient import exceptions as nova_exc
+    with pytest.raises(nova_exc.Conflict) as busy:       # one at a time
+        nova.servers.create_image(server.id, "second")
+    assert "while it is in task_state image_" in busy.value.message
     seen = set()
     started = time.monotonic()
     while True:
@@ -142,7 +147,8 @@ def test_snapshot_failure_rate(cloud, boot):
 
 
 def test_outage_refuses_connections_then_recovers(cloud, nova, boot):
-    boot("survivor")
+    server = boot("survivor")
+    glance = cloud.glance(session=nova.client.session)
     port = cloud.info()["api_port"]
     cloud.set_faults(outage=True)
     assert cloud.info()["outage"] is True
@@ -150,6 +156,8 @@ def test_outage_refuses_connections_then_recovers(cloud, nova, boot):
         socket.create_connection(("127.0.0.1", port), timeout=2)
     with pytest.raises(ksa_exc.ConnectFailure):
         nova.servers.list()
+    with pytest.raises(glance_exc.CommunicationError):
+        glance.images.get(server.image["id"])
     # a new client cannot even discover keystone's versions
     with pytest.raises((ksa_exc.ConnectFailure, ksa_exc.DiscoveryFailure)):
         cloud.nova("2.1").flavors.list()
