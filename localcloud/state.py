@@ -38,6 +38,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 import paramiko
+from cryptography.hazmat.primitives import serialization
 
 from localcloud import faults as faults_mod
 from localcloud.scheduler import Scheduler
@@ -123,12 +124,15 @@ def remove_tree(path):
 
 
 def parse_public_key(line):
-    """(type, blob, fingerprint) of an OpenSSH public key line, or ValueError."""
+    """(type, blob, fingerprint) of an OpenSSH public key line, or an
+    exception.  Checked the way nova's crypto.generate_fingerprint does (with
+    cryptography's loader, which refuses truncated keys that paramiko
+    accepts); the fingerprint is the MD5 of the key blob."""
     parts = line.strip().split()
     if len(parts) < 2:
         raise ValueError("not an OpenSSH public key line")
+    serialization.load_ssh_public_key(line.strip().encode("utf-8"))
     blob = base64.b64decode(parts[1], validate=True)
-    paramiko.PKey.from_type_string(parts[0], blob)      # raises if invalid
     digest = hashlib.md5(blob).hexdigest()
     fingerprint = ":".join(digest[i:i + 2] for i in range(0, 32, 2))
     return parts[0], blob, fingerprint
