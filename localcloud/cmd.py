@@ -130,10 +130,11 @@ def run(args):
 
     cfg = config_mod.load(args.config)
     stop = threading.Event()
+    received = []
 
     def on_signal(signum, frame):
-        LOG.info("localcloud: %s received, shutting down",
-                 signal.Signals(signum).name)
+        # no logging here: the handler may interrupt a logging call
+        received.append(signum)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal)
@@ -154,6 +155,8 @@ def run(args):
               flush=True)
         while not stop.wait(0.5):
             pass
+        LOG.info("localcloud: %s received, shutting down",
+                 signal.Signals(received[0]).name)
     finally:
         local.stop()
         if args.ready_file and os.path.exists(args.ready_file):

@@ -249,23 +249,12 @@ class CloudState:
         self._keypair_ids = itertools.count(1)
         self._addresses_in_use = set()
         self._address_cursor = 0
-        self._hosts = list(self._usable_addresses())
         self.scheduler = Scheduler("localcloud-%s" % self.name)
         self._closed = False
         for image in config.images:
             self._seed_image(image)
 
     # -- helpers -------------------------------------------------------------------
-
-    def _usable_addresses(self):
-        network = self.config.address_range
-        for address in network:
-            last = int(address) & 0xFF
-            if address == network.network_address or last in (0, 255):
-                continue
-            if address == ipaddress.IPv4Address("127.0.0.1"):
-                continue
-            yield str(address)
 
     def _seed_image(self, image_config):
         image_id = image_config.id or str(uuid.uuid4())
@@ -541,7 +530,7 @@ class CloudState:
     def _start_host(self, server, root):
         users = {user: [server.public_key] if server.public_key else []
                  for user in self.config.ssh_users}
-        for _ in range(min(BIND_ATTEMPTS, len(self._hosts))):
+        for _ in range(BIND_ATTEMPTS):
             address = self._reserve_address()
             if address is None:
                 break
@@ -565,13 +554,22 @@ class CloudState:
                            % self.config.address_range)
 
     def _reserve_address(self):
+        """The next free address of the range, round-robin (so a freed
+        address is not handed out again at once), skipping x.x.x.0, x.x.x.255
+        and 127.0.0.1; None when every address is taken."""
+        network = self.config.address_range
+        size = network.num_addresses
         with self.lock:
-            for _ in range(len(self._hosts)):
-                address = self._hosts[self._address_cursor % len(self._hosts)]
+            for _ in range(size):
+                number = int(network.network_address) + \
+                    self._address_cursor % size
                 self._address_cursor += 1
-                if address not in self._addresses_in_use:
-                    self._addresses_in_use.add(address)
-                    return address
+                address = str(ipaddress.IPv4Address(number))
+                if number & 0xFF in (0, 255) or address == "127.0.0.1" \
+                        or address in self._addresses_in_use:
+                    continue
+                self._addresses_in_use.add(address)
+                return address
             return None
 
     def _fail_boot(self, server, message):

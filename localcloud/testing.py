@@ -78,9 +78,10 @@ def prepare_config(config=None):
 class CloudHandle:
     """One cloud of a running local cloud, as a test sees it."""
 
-    def __init__(self, name, entry, backend):
+    def __init__(self, name, entry, backend, admin_url=None):
         self.name = name
         self.entry = entry
+        self.admin_url = admin_url      # the process's admin endpoint
         self.auth = dict(entry["auth"])
         self.region_name = entry["region_name"]
         self.auth_url = self.auth["auth_url"]
@@ -157,10 +158,10 @@ class LocalClouds:
         return list(self.clouds)
 
 
-def _handles(clouds_yaml, backend_for):
+def _handles(clouds_yaml, admin_url, backend_for):
     with open(clouds_yaml) as f:
         entries = yaml.safe_load(f)["clouds"]
-    return {name: CloudHandle(name, entry, backend_for(name))
+    return {name: CloudHandle(name, entry, backend_for(name), admin_url)
             for name, entry in entries.items()}
 
 
@@ -180,7 +181,8 @@ def local_clouds(config=None, tmp_dir=None):
         clouds_yaml = os.path.join(work, "clouds.yaml")
         local.write_clouds_yaml(clouds_yaml)
         yield LocalClouds(clouds_yaml, local.admin_url,
-                          _handles(clouds_yaml, local.clouds.__getitem__),
+                          _handles(clouds_yaml, local.admin_url,
+                                   local.clouds.__getitem__),
                           local=local, work=work)
     finally:
         local.stop()
@@ -223,7 +225,8 @@ def local_clouds_subprocess(config=None, tmp_dir=None, startup_timeout=30,
         admin_url = info["admin_url"]
         result = LocalClouds(
             clouds_yaml, admin_url,
-            _handles(clouds_yaml, lambda name: AdminClient(admin_url, name)),
+            _handles(clouds_yaml, admin_url,
+                     lambda name: AdminClient(admin_url, name)),
             work=work)
         result.process = proc
         result.ready_info = info

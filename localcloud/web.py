@@ -11,7 +11,6 @@ listener really makes a cloud unreachable.
 import json
 import logging
 import re
-import socket
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -179,12 +178,3 @@ class Listener:
         self.thread.join()
         self.server.server_close()
 
-
-def port_is_free(host, port):
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True

@@ -5,14 +5,17 @@ line, stop cleanly on SIGTERM."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import yaml
 
-from localcloud import cmd
-from localcloud.testing import prepare_config, wait_for_server
+from localcloud import cmd, config
+from localcloud.cmd import AdminClient
+from localcloud.testing import (CloudHandle, local_clouds, prepare_config,
+                                wait_for_server)
 
 EXAMPLE = os.path.join(os.path.dirname(cmd.__file__), "example.yaml")
 
@@ -96,8 +99,6 @@ def test_run_stops_on_sigterm_and_removes_its_state(tmp_path, cloud_config,
         assert oct(os.stat(clouds_yaml).st_mode & 0o777) == "0o600"
 
         # boot a node so that there is a root and a NodeHost to tear down
-        from localcloud.testing import CloudHandle
-        from localcloud.cmd import AdminClient
         entry = yaml.safe_load(clouds_yaml.read_text())["clouds"]["fast"]
         fast = CloudHandle("fast", entry, AdminClient(info["admin_url"],
                                                       "fast"))
@@ -123,7 +124,6 @@ def test_run_stops_on_sigterm_and_removes_its_state(tmp_path, cloud_config,
 
 
 def test_example_config_is_valid():
-    from localcloud import config
     cfg = config.load(EXAMPLE)
     assert [c.name for c in cfg.clouds] == ["fast", "flaky"]
     assert cfg.cloud("flaky").faults["boot-error-rate"] > 0
@@ -155,7 +155,6 @@ def test_parse_assignments():
 
 
 def test_busy_api_port_is_one_clear_line(tmp_path, capsys):
-    import socket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -167,3 +166,21 @@ def test_busy_api_port_is_one_clear_line(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "devstack-localcloud: error: cloud busy: cannot listen on "
         "127.0.0.1:%d: Address already in use\n" % port)
+
+
+def test_in_process_fixture_from_a_yaml_file(tmp_path):
+    (tmp_path / "images" / "precise" / "etc").mkdir(parents=True)
+    (tmp_path / "images" / "precise" / "etc" / "issue").write_text("x\n")
+    path = tmp_path / "local.yaml"
+    path.write_text("clouds:\n  - name: yaml\n    images:\n"
+                    "      - name: precise\n"
+                    "        directory: images/precise\n")
+    with local_clouds(str(path), tmp_dir=str(tmp_path)) as lc:
+        assert lc["yaml"].admin_url == lc.admin_url
+        (image,) = lc["yaml"].glance().images.list()
+        assert image.name == "precise" and image.size == 2
+        work = lc.work_dir
+    # the seed directory is the user's: untouched by teardown
+    assert (tmp_path / "images" / "precise" / "etc" / "issue").read_text() \
+        == "x\n"
+    assert not os.path.exists(work)

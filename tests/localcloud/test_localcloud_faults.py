@@ -11,6 +11,7 @@ import paramiko
 import pytest
 from glanceclient import exc as glance_exc
 from keystoneauth1 import exceptions as ksa_exc
+from novaclient import exceptions as nova_exc
 
 from localcloud.testing import ssh_connect, wait_for_image, wait_for_server
 
@@ -103,7 +104,6 @@ def test_quota_knob_from_config(make_clouds, cloud_config, ssh_key):
     nova = lc["local"].nova("2.1")
     image = lc["local"].images()[0]["id"]
     nova.servers.create("one", image, "1")
-    from novaclient import exceptions as nova_exc
     with pytest.raises(nova_exc.Forbidden):
         nova.servers.create("two", image, "1")
     lc["local"].set_faults(quota={"instances": 2})
@@ -115,7 +115,6 @@ def test_snapshot_delay_and_status_progression(cloud, boot):
     server = boot("template")
     nova, glance = cloud.nova("2.45"), cloud.glance()
     image_id = nova.servers.create_image(server.id, "slow-snapshot")
-    from novaclient import exceptions as nova_exc
     with pytest.raises(nova_exc.Conflict) as busy:       # one at a time
         nova.servers.create_image(server.id, "second")
     assert "while it is in task_state image_" in busy.value.message
@@ -140,7 +139,6 @@ def test_snapshot_failure_rate(cloud, boot):
     glance = cloud.glance()
     image_id = cloud.nova("2.45").servers.create_image(server.id, "bad")
     assert wait_for_image(glance, image_id).status == "killed"
-    from novaclient import exceptions as nova_exc
     with pytest.raises(nova_exc.BadRequest) as error:
         boot("from-killed", image=image_id)
     assert error.value.message == "Image %s is not active." % image_id
@@ -176,7 +174,6 @@ def test_lying_delete_lingers_for_n_list_calls(cloud, nova, boot):
     nova.servers.delete(server.id)          # deleting again is fine
     assert [s.id for s in nova.servers.list()] == [server.id]
     assert nova.servers.list() == []
-    from novaclient import exceptions as nova_exc
     with pytest.raises(nova_exc.NotFound):
         nova.servers.get(server.id)
     (record,) = cloud.servers()

@@ -7,6 +7,8 @@ import pytest
 import requests
 from glanceclient import exc as glance_exc
 
+from localcloud.testing import wait_for_image
+
 BASE = "Ubuntu 12.04 LTS"
 
 
@@ -88,7 +90,6 @@ def test_delete_removes_image_and_its_store(make_clouds, cloud_config, boot,
     glance = cloud.glance()
     server = boot("snapshotted")
     image_id = cloud.nova("2.45").servers.create_image(server.id, "doomed")
-    from localcloud.testing import wait_for_image
     wait_for_image(glance, image_id)
     (record,) = [i for i in cloud.images() if i["id"] == image_id]
     assert os.path.isdir(record["store"])

@@ -8,7 +8,7 @@ import pytest
 import requests
 from keystoneauth1 import exceptions as ksa_exc
 from keystoneauth1 import session as ksa_session
-from keystoneauth1.identity import v3
+from keystoneauth1.identity import generic, v3
 from keystoneauth1 import token_endpoint
 from novaclient import client as nova_client
 from novaclient import exceptions as nova_exc
@@ -80,7 +80,6 @@ def test_versions_documents(cloud):
 
 def test_wrong_password_is_401_with_keystone_body(cloud):
     auth = dict(cloud.auth, password="wrong")
-    from keystoneauth1.identity import generic
     session = ksa_session.Session(auth=generic.Password(**auth))
     with pytest.raises(ksa_exc.Unauthorized) as error:
         session.get_token()

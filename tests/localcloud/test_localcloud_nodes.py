@@ -153,3 +153,15 @@ def test_snapshot_carries_cached_files_to_new_nodes(cloud, boot, ssh_key):
         client.close()
     assert status == 0
     assert out == "cached repo\nUbuntu 12.04 LTS localcloud\n"
+
+
+def test_an_address_that_cannot_be_bound_is_skipped(cloud, boot):
+    network = ipaddress.IPv4Network(cloud.info()["address_range"])
+    first = str(next(a for a in network.hosts() if int(a) & 0xFF))
+    with socket.socket() as squatter:       # e.g. a parallel test run
+        squatter.bind((first, 2222))
+        squatter.listen()
+        server = boot("dodger")
+        assert server.status == "ACTIVE"
+        assert _address(server) != first
+        assert ipaddress.IPv4Address(_address(server)) in network
