@@ -10,7 +10,9 @@ import base64
 import binascii
 import logging
 import os
+import shlex
 import socket
+import tarfile
 import time
 
 import paramiko
@@ -192,3 +194,49 @@ def run(client, command, timeout, on_line=None):
     finally:
         chan.close()
     return status, b''.join(chunks).decode('utf-8', 'replace')
+
+
+def put_file(client, local_path, remote_path, mode=0o755):
+    """Copy one file to the node over SFTP (remote_path relative to the login's home)."""
+    sftp = client.open_sftp()
+    try:
+        directory = os.path.dirname(remote_path)
+        if directory:
+            _sftp_makedirs(sftp, directory)
+        sftp.put(local_path, remote_path)
+        sftp.chmod(remote_path, mode)
+    finally:
+        sftp.close()
+
+
+def _sftp_makedirs(sftp, directory):
+    path = ''
+    for part in directory.split('/'):
+        path = part if not path else path + '/' + part
+        if not part:
+            path = '/'
+            continue
+        try:
+            sftp.stat(path)
+        except IOError:
+            sftp.mkdir(path)
+
+
+def put_tree(client, local_dir, remote_dir, timeout):
+    """Copy a directory tree to the node, streamed as a tar archive into `tar -x` there."""
+    chan = client.get_transport().open_session()
+    chan.settimeout(timeout)
+    chan.exec_command('mkdir -p %s && tar -C %s -xf -' % (shlex.quote(remote_dir),
+                                                           shlex.quote(remote_dir)))
+    stream = chan.makefile('wb')
+    try:
+        with tarfile.open(fileobj=stream, mode='w|') as tar:
+            tar.add(local_dir, arcname='.')
+        stream.flush()
+        chan.shutdown_write()
+        status = chan.recv_exit_status()
+    finally:
+        stream.close()
+        chan.close()
+    if status != 0:
+        raise SSHError('copying %s to %s failed (tar exited %d)' % (local_dir, remote_dir, status))

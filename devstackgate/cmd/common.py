@@ -7,6 +7,7 @@ configuration or usage), 130 interrupted.
 
 import argparse
 import logging
+import signal
 import sys
 
 from devstackgate import config as configmod
@@ -14,6 +15,15 @@ from devstackgate import log
 from devstackgate.errors import GateError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Terminated(BaseException):
+    """SIGTERM (Jenkins aborting a build): unwinds like Ctrl-C so cleanup runs."""
+    reason = 'interrupted'
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def parser(prog, description):
@@ -32,6 +42,7 @@ def run(prog, p, argv, body, check_clouds=True):
     except SystemExit as e:        # argparse: --help (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     log.setup(verbose=args.verbose)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         config = configmod.load(args.config, check_clouds=check_clouds)
         code = body(args, config)
@@ -43,7 +54,11 @@ def run(prog, p, argv, body, check_clouds=True):
     except KeyboardInterrupt:
         print('%s: interrupted' % prog, file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print('%s: terminated (SIGTERM)' % prog, file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
+        signal.signal(signal.SIGTERM, previous)
         logging.shutdown()
 
 

@@ -1,0 +1,385 @@
+"""Image builds: a cached snapshot per provider and label, promoted only after a canary passes.
+
+One build (what the nightly Jenkins matrix runs per provider):
+
+1. find the base image (newest match of base-image, never a hard-coded id) and
+   the smallest flavor with min-ram;
+2. record an image row (building) and boot a template with a fresh keypair,
+   recording the server id before waiting on it; ERROR is seen at once;
+3. copy the devstack checkout and the setup scripts over, run each script with
+   its output streamed to the console, then sync the disks;
+4. snapshot with a unique name (PREFIX-LABEL-PROVIDER-TIMESTAMP), record the
+   image id at once, wait for it to be active, delete the template;
+5. boot a canary node from it through the pool's own launch code (same ready
+   check) plus the label's optional validate command; only then is the row
+   marked ready, which makes it the current image;
+6. retention: keep the newest keep-images ready images; older ones are deleted
+   now that the new one is active.
+
+Whatever fails or is interrupted, the row goes to delete with the reason, the
+previous current image stays current, and the cloud resources are deleted now
+or by the next reap (they carry our metadata).
+"""
+
+import datetime
+import logging
+import os
+import shlex
+import time
+
+import paramiko
+
+import vmdatabase
+from devstackgate import cloud, launch, ssh
+from devstackgate.errors import GateError, UsageError
+
+log = logging.getLogger('image')
+
+NODE_SETUP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              'node-setup')
+REMOTE_SETUP_DIR = '.devstack-gate-setup'
+REMOTE_DEVSTACK_DIR = 'devstack'
+SYNC_TIMEOUT = 300
+
+
+class BuildFailed(GateError):
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+
+
+def image_name(prefix, label, provider, when=None):
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    return '%s-%s-%s-%s' % (prefix, label, provider, when.strftime('%Y%m%dT%H%M%SZ'))
+
+
+def resolve_setup(config, entry):
+    """(local script path, args) for one `setup:` entry.
+
+    A relative script path is looked up beside the configuration file, then in
+    the project's node-setup/ directory.
+    """
+    words = shlex.split(entry)
+    script, args = words[0], words[1:]
+    if os.path.isabs(script):
+        candidates = [script]
+    else:
+        candidates = [os.path.join(os.path.dirname(os.path.abspath(config.path)), script),
+                      os.path.join(NODE_SETUP_DIR, script)]
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return candidate, args
+    raise UsageError('setup script %r not found (looked in %s)'
+                     % (script, ', '.join(os.path.dirname(c) for c in candidates)))
+
+
+class Builder:
+    def __init__(self, config, provider, db, adapter, pool_key, devstack_dir=None,
+                 clock=time.monotonic):
+        self.config = config
+        self.provider = provider
+        self.db = db
+        self.adapter = adapter
+        self.pool_key = pool_key
+        self.devstack_dir = devstack_dir
+        self.clock = clock
+
+    def _tag(self, label):
+        return '%s %s' % (self.provider.name, label)
+
+    # -- the steps --------------------------------------------------------
+    def choose(self, label):
+        image = self.provider.image(label)
+        base = cloud.newest_image(self.adapter.list_images(), image.base_image)
+        if base is None:
+            raise BuildFailed('no-base-image', 'no active image matches base-image %r'
+                              % image.base_image)
+        flavor = cloud.smallest_flavor(self.adapter.list_flavors(), image.min_ram)
+        if flavor is None:
+            raise BuildFailed('no-flavor', 'no flavor has min-ram %d MB' % image.min_ram)
+        return image, base, flavor
+
+    def dry_run(self, label):
+        image, base, flavor = self.choose(label)
+        setup = [resolve_setup(self.config, e) for e in image.setup]
+        tag = self._tag(label)
+        print('%s: would boot a template from %s (%s) on flavor %s'
+              % (tag, base.name, base.id, flavor.name))
+        if self.devstack_dir:
+            print('%s: would copy %s to ~/%s' % (tag, self.devstack_dir, REMOTE_DEVSTACK_DIR))
+        for path, args in setup:
+            print('%s: would run %s' % (tag, ' '.join(shlex.quote(w) for w in [path] + args)))
+        print('%s: would snapshot it as %s, check a canary node, then promote it'
+              % (tag, image_name(self.config.node_prefix, label, self.provider.name)))
+
+    def build(self, label):
+        """Build, check and promote one image; raises BuildFailed.  Returns the row."""
+        tag = self._tag(label)
+        image, base, flavor = self.choose(label)
+        setup = [resolve_setup(self.config, e) for e in image.setup]
+        row = self.db.transact(lambda s: s.create_image(
+            self.provider.name, label,
+            name=image_name(self.config.node_prefix, label, self.provider.name)))
+        log.info('%s: building image %s (row %d) from %s on flavor %s',
+                 tag, row.name, row.id, base.name, flavor.name)
+        started = time.time()
+        key = paramiko.RSAKey.generate(2048)
+        keypair = '%s-build-%s-%s-%d' % (self.config.node_prefix, label, self.provider.name,
+                                         row.id)
+        template_id = None
+        try:
+            self.adapter.ensure_keypair(keypair, '%s %s' % (key.get_name(), key.get_base64()))
+            template_id = self.adapter.create_server(
+                '%s-template-%s-%s-%d' % (self.config.node_prefix, label, self.provider.name,
+                                          row.id),
+                base.id, flavor.id, keypair,
+                {cloud.META_PROVIDER: self.provider.name, cloud.META_KIND: 'template',
+                 cloud.META_IMAGE_ID: str(row.id), cloud.META_LABEL: label})
+            self.db.transact(lambda s: s.update_image(row.id, server_external_id=template_id))
+            client = self.wait_for_template(tag, template_id, image, key)
+            try:
+                self.prepare(tag, client, setup)
+            finally:
+                client.close()
+            snapshot_id = self.adapter.create_image(
+                template_id, row.name,
+                {cloud.META_PROVIDER: self.provider.name, cloud.META_KIND: 'image',
+                 cloud.META_IMAGE_ID: str(row.id), cloud.META_LABEL: label})
+            self.db.transact(lambda s: s.update_image(row.id, external_id=snapshot_id))
+            log.info('%s: snapshotting as %s (%s)', tag, row.name, snapshot_id)
+            self.wait_for_snapshot(tag, snapshot_id)
+            self._delete_template(tag, template_id)
+            template_id = None
+            self.canary(tag, label, self.db.transact(lambda s: s.get_image(row.id)), flavor)
+        except BaseException as e:
+            reason = getattr(e, 'reason', None) or (
+                'interrupted' if isinstance(e, (KeyboardInterrupt, SystemExit)) else 'error')
+            log.error('%s: build of %s failed (%s): %s; the current image stays current',
+                      tag, row.name, reason, e)
+            self._abandon(tag, row, template_id, reason)
+            if isinstance(e, GateError) and not isinstance(e, BuildFailed):
+                raise BuildFailed(reason, str(e))
+            raise
+        finally:
+            try:
+                self.adapter.delete_keypair(keypair)
+            except GateError as e:
+                log.warning('%s: could not delete keypair %s: %s', tag, keypair, e)
+        self.db.transact(lambda s: s.update_image(row.id, state='ready'))
+        log.info('%s: building -> ready: %s is now the current image (%.0f s)',
+                 tag, row.name, time.time() - started)
+        self.retire_old(label)
+        return self.db.transact(lambda s: s.get_image(row.id))
+
+    def wait_for_template(self, tag, server_id, image, key):
+        deadline = self.clock() + self.provider.boot_timeout
+        waited = self.clock()
+        while True:
+            server = self.adapter.get_server(server_id)
+            if server.status == 'ERROR':
+                raise BuildFailed('template-error', 'template went to ERROR: %s'
+                                  % (server.fault or 'no fault given'))
+            address = server.address(self.provider.ip_type) if server.status == 'ACTIVE' else None
+            if address:
+                break
+            if self.clock() > deadline:
+                raise BuildFailed('template-timeout', 'template still %s after %.0f s'
+                                  % (server.status, self.provider.boot_timeout))
+            time.sleep(self.config.poll_interval)
+        log.info('%s: template ACTIVE at %s after %.0f s; waiting for SSH',
+                 tag, address, self.clock() - waited)
+        return ssh.wait_for_ssh(address, self.provider.ssh_port, image.username, key,
+                                deadline, self.config.ssh_connect_timeout,
+                                interval=self.config.poll_interval, describe=tag + ': ',
+                                clock=self.clock)
+
+    def prepare(self, tag, client, setup):
+        deadline = self.clock() + self.config.image_build_timeout
+        if self.devstack_dir:
+            log.info('%s: copying %s to ~/%s', tag, self.devstack_dir, REMOTE_DEVSTACK_DIR)
+            ssh.put_tree(client, self.devstack_dir, REMOTE_DEVSTACK_DIR,
+                         timeout=self.config.image_build_timeout)
+        for path, args in setup:
+            name = os.path.basename(path)
+            remote = '%s/%s' % (REMOTE_SETUP_DIR, name)
+            ssh.put_file(client, path, remote)
+            command = ' '.join(shlex.quote(w) for w in ['bash', remote] + args)
+            step_started = self.clock()
+            log.info('%s: running %s', tag, ' '.join([name] + args))
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise BuildFailed('setup-timeout', 'setup took longer than image-build-timeout')
+
+            def stream(line, name=name, step_started=step_started):
+                log.info('%s: %s [%4.0f s] %s', tag, name, self.clock() - step_started, line)
+            try:
+                status, _ = ssh.run(client, command, remaining, on_line=stream)
+            except ssh.CommandTimeout:
+                raise BuildFailed('setup-timeout', '%s did not finish within '
+                                  'image-build-timeout %g s' % (name, self.config.image_build_timeout))
+            if status != 0:
+                raise BuildFailed('setup-failed', '%s exited %d' % (name, status))
+            log.info('%s: %s done in %.0f s', tag, name, self.clock() - step_started)
+        status, output = ssh.run(client, 'sync', SYNC_TIMEOUT)
+        if status != 0:
+            raise BuildFailed('setup-failed', 'sync exited %d: %s' % (status, output.strip()))
+
+    def wait_for_snapshot(self, tag, snapshot_id):
+        deadline = self.clock() + self.config.snapshot_timeout
+        started = self.clock()
+        while True:
+            status = self.adapter.get_image(snapshot_id).status
+            if status == 'active':
+                log.info('%s: snapshot active after %.0f s', tag, self.clock() - started)
+                return
+            if status in ('killed', 'deleted', 'pending_delete', 'deactivated'):
+                raise BuildFailed('snapshot-failed', 'snapshot %s ended %s' % (snapshot_id, status))
+            if self.clock() > deadline:
+                raise BuildFailed('snapshot-timeout', 'snapshot still %s after %.0f s'
+                                  % (status, self.config.snapshot_timeout))
+            time.sleep(self.config.poll_interval)
+
+    def canary(self, tag, label, row, flavor):
+        """Boot one node from the new image through the pool's own launch path."""
+        launcher = launch.Launcher(self.config, self.provider, self.db, self.adapter,
+                                   self.pool_key, clock=self.clock)
+        _, public = ssh.ensure_private_key(self.config.ssh_private_key)
+        self.adapter.ensure_keypair(self.provider.keypair, public)
+        log.info('%s: booting a canary node from %s', tag, row.name)
+        node = launcher.boot(label, row, flavor)
+        if node is None:
+            raise BuildFailed('canary-failed', 'the canary node could not be booted')
+        launcher.wait([node])
+        checked = self.db.transact(lambda s: s.get_node(node.id))
+        try:
+            if checked.state != 'ready':
+                raise BuildFailed('canary-failed', 'canary node %s did not become ready (%s)'
+                                  % (checked.name, checked.fail_reason or checked.state))
+            validate = self.provider.image(label).validate
+            if validate:
+                self._validate(tag, checked, validate)
+            log.info('%s: canary node %s passed', tag, checked.name)
+        finally:
+            # The canary has done its job (and may have been changed by validate).
+            if checked.state != 'delete':
+                self._delete_node(tag, checked)
+
+    def _validate(self, tag, node, command):
+        client = ssh.connect(node.ip, self.provider.ssh_port, node.username, self.pool_key,
+                             self.config.ssh_connect_timeout, host_key=node.host_key)
+        try:
+            log.info('%s: validating on canary %s: %s', tag, node.name, command)
+            status, output = ssh.run(client, command, self.config.ready_check_timeout,
+                                     on_line=lambda line: log.info('%s: validate | %s', tag, line))
+        finally:
+            client.close()
+        if status != 0:
+            raise BuildFailed('canary-failed', 'validate command exited %d on canary %s'
+                              % (status, node.name))
+
+    # -- cleanup ----------------------------------------------------------
+    def _delete_node(self, tag, node):
+        try:
+            self.adapter.delete_server(node.external_id)
+        except GateError as e:
+            log.warning('%s: could not delete canary %s now (the reaper will): %s',
+                        tag, node.name, e)
+        self.db.transact(lambda s: s.update_node(node.id, state='delete', fail_reason='canary'))
+
+    def _delete_template(self, tag, server_id):
+        try:
+            self.adapter.delete_server(server_id)
+            log.info('%s: template %s deleted', tag, server_id)
+        except GateError as e:
+            log.warning('%s: could not delete template %s now (the reaper will): %s',
+                        tag, server_id, e)
+
+    def _abandon(self, tag, row, template_id, reason):
+        """Mark a failed build; delete what it made, best effort (the reaper finishes)."""
+        try:
+            self.db.transact(lambda s: s.update_image(row.id, state='delete', fail_reason=reason))
+        except GateError as e:
+            log.error('%s: could not mark image row %d: %s', tag, row.id, e)
+        if template_id:
+            self._delete_template(tag, template_id)
+        current = self.db.transact(lambda s: s.get_image(row.id))
+        if current is not None and current.external_id:
+            try:
+                self.adapter.delete_image(current.external_id)
+            except GateError as e:
+                log.warning('%s: could not delete image %s now (the reaper will): %s',
+                            tag, current.external_id, e)
+
+    def retire_old(self, label):
+        """Keep the newest keep-images ready images of this label; delete older ones."""
+        ready = self.db.transact(lambda s: s.images(
+            provider=self.provider.name, label=label, state='ready', order='created DESC, id DESC'))
+        keep = [i for i in ready if not i.demoted][:self.config.keep_images]
+        for old in ready:
+            if old in keep or old.demoted:
+                continue
+            log.info('%s: deleting image %s: beyond retention (keep %d)',
+                     self._tag(label), old.name, self.config.keep_images)
+            self.db.transact(lambda s: s.update_image(old.id, state='delete',
+                                                      fail_reason='beyond-retention'))
+            if old.external_id:
+                try:
+                    self.adapter.delete_image(old.external_id)
+                except GateError as e:
+                    log.warning('%s: could not delete image %s now (the reaper will): %s',
+                                self._tag(label), old.name, e)
+
+
+def labels_to_build(provider, label=None):
+    if label is not None:
+        if provider.image(label) is None:
+            raise UsageError('provider %s has no label %r; its labels: %s'
+                             % (provider.name, label, ', '.join(i.name for i in provider.images)))
+        return [provider.image(label)]
+    return list(provider.images)
+
+
+def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=None,
+        adapter=None):
+    """Build every label of a provider (or one); returns {label: row or reason}."""
+    provider = config.provider(provider_name)
+    images = labels_to_build(provider, label)
+    for image in images:          # a missing script is bad input: nothing is touched
+        for entry in image.setup:
+            resolve_setup(config, entry)
+    db = db or vmdatabase.Database.from_config(config)
+    adapter = adapter or cloud.connect(provider)
+    pool_key, _ = ssh.ensure_private_key(config.ssh_private_key)
+    builder = Builder(config, provider, db, adapter, pool_key, devstack_dir=devstack_dir)
+    outcome = {}
+    for image in images:
+        if image.paused:
+            log.info('%s %s: paused; not building', provider.name, image.name)
+            outcome[image.name] = 'paused'
+            continue
+        if dry_run:
+            builder.dry_run(image.name)
+            outcome[image.name] = 'dry-run'
+            continue
+        try:
+            outcome[image.name] = builder.build(image.name)
+        except BuildFailed as e:
+            outcome[image.name] = e
+    return outcome
+
+
+def demote(db, provider, label):
+    """Demote the current image of provider+label; the previous ready one becomes current.
+
+    Returns (demoted row, new current row or None).  A demoted image is never
+    promoted again; ready nodes booted from it are replaced by the reaper and
+    the next launch.
+    """
+    def do(s):
+        current = s.current_image(provider, label)
+        if current is None:
+            raise GateError('provider %s label %s has no current image to demote'
+                            % (provider, label))
+        s.update_image(current.id, demoted=1)
+        return current, s.current_image(provider, label)
+    return db.transact(do)
