@@ -146,3 +146,18 @@ def test_unscoped_token_cannot_use_nova(cloud):
     assert denied.status_code == 401
     assert denied.headers["WWW-Authenticate"] == \
         'Keystone uri="%s"' % cloud.auth_url
+
+
+def test_token_validation(cloud):
+    session = cloud.session()
+    token = session.get_token()
+    resp = requests.get(cloud.auth_url + "/v3/auth/tokens",
+                        headers={"X-Auth-Token": token,
+                                 "X-Subject-Token": token})
+    assert resp.status_code == 200
+    assert resp.json()["token"]["project"]["name"] == "demo"
+    gone = requests.get(cloud.auth_url + "/v3/auth/tokens",
+                        headers={"X-Auth-Token": token,
+                                 "X-Subject-Token": "lc-revoked"})
+    assert gone.status_code == 404
+    assert gone.json()["error"]["title"] == "Not Found"

@@ -4,6 +4,7 @@ the shapes that change with the microversion, and each error body."""
 import time
 
 import pytest
+import requests
 from novaclient import api_versions
 from novaclient import exceptions as nova_exc
 
@@ -363,3 +364,17 @@ def test_console_output_carries_host_key(cloud, boot):
     assert record["host_key"].startswith("ecdsa-sha2-nistp256 ")
     assert record["host_key"] in output.splitlines()
     assert "-----BEGIN SSH HOST KEY KEYS-----" in output
+
+
+def test_version_documents(cloud):
+    compute = cloud.auth_url.replace("/identity", "/compute")
+    versions = requests.get(compute).json()["versions"]
+    assert [(v["id"], v["status"]) for v in versions] == \
+        [("v2.0", "DEPRECATED"), ("v2.1", "CURRENT")]
+    assert versions[1]["version"] == "2.96"
+    assert versions[1]["min_version"] == "2.1"
+    for path in ("/v2.1", "/v2.1/"):
+        doc = requests.get(compute + path).json()["version"]
+        assert doc["version"] == "2.96" and doc["id"] == "v2.1"
+        assert doc["media-types"][0]["type"] == \
+            "application/vnd.openstack.compute+json;version=2.1"
