@@ -38,6 +38,7 @@ log = logging.getLogger('image')
 NODE_SETUP_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               'node-setup')
 REMOTE_SETUP_DIR = '.devstack-gate-setup'
+REMOTE_NODE_SETUP_DIR = 'node-setup'    # the project's node-setup/, copied whole (helpers beside scripts)
 REMOTE_DEVSTACK_DIR = 'devstack'
 SYNC_TIMEOUT = 300
 
@@ -199,10 +200,16 @@ class Builder:
             log.info('%s: copying %s to ~/%s', tag, self.devstack_dir, REMOTE_DEVSTACK_DIR)
             ssh.put_tree(client, self.devstack_dir, REMOTE_DEVSTACK_DIR,
                          timeout=self.config.image_build_timeout)
+        if any(os.path.dirname(path) == NODE_SETUP_DIR for path, _ in setup):
+            ssh.put_tree(client, NODE_SETUP_DIR, REMOTE_NODE_SETUP_DIR,
+                         timeout=self.config.image_build_timeout)
         for path, args in setup:
             name = os.path.basename(path)
-            remote = '%s/%s' % (REMOTE_SETUP_DIR, name)
-            ssh.put_file(client, path, remote)
+            if os.path.dirname(path) == NODE_SETUP_DIR:
+                remote = '%s/%s' % (REMOTE_NODE_SETUP_DIR, name)
+            else:
+                remote = '%s/%s' % (REMOTE_SETUP_DIR, name)
+                ssh.put_file(client, path, remote)
             command = ' '.join(shlex.quote(w) for w in ['bash', remote] + args)
             step_started = self.clock()
             log.info('%s: running %s', tag, ' '.join([name] + args))

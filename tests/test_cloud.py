@@ -2,6 +2,7 @@
 
 import time
 
+import paramiko
 import pytest
 
 from devstackgate import cloud, config
@@ -35,8 +36,12 @@ def test_servers_images_flavors_round_trip(local):
     assert base.status == 'active'
     flavor = cloud.smallest_flavor(a.list_flavors(), 1024)
     assert (flavor.name, flavor.ram) == ('m1.small', 2048)
-    a.ensure_keypair('dg-rax', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb2Y2k1 test')
-    assert a.ensure_keypair('dg-rax', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHb2Y2k1 x') is False
+    key = paramiko.ECDSAKey.generate()
+    public = '%s %s' % (key.get_name(), key.get_base64())
+    assert a.ensure_keypair('dg-rax', public + ' test') is True
+    assert a.ensure_keypair('dg-rax', public + ' other comment') is False   # same key body
+    other = paramiko.ECDSAKey.generate()
+    assert a.ensure_keypair('dg-rax', '%s %s' % (other.get_name(), other.get_base64())) is True
     sid = a.create_server('dg-x-1', base.id, flavor.id, 'dg-rax', {'dg-provider': 'rax'})
     deadline = time.monotonic() + 10
     while a.get_server(sid).status != 'ACTIVE' and time.monotonic() < deadline:

@@ -243,3 +243,18 @@ def test_update_image_sh_handles_missing_present_and_broken_checkouts(built, tmp
     assert proc.stderr.strip().splitlines()[-1].endswith('failed after 2 attempts')
     assert built.db.transact(lambda s: s.images()) == []
     assert not list((tmp_path / 'ds').glob('.devstack-clone.*'))
+
+
+def test_shipped_prepare_node_runs_on_the_template(built, tmp_path):
+    """The project's own setup script, with its helper and the devstack checkout, on a real template."""
+    devstack = os.path.join(os.path.dirname(__file__), 'fixtures', 'devstack', 'devstack')
+    built.data['providers'][0]['images'][0]['setup'] = [
+        'prepare-node.sh --dry-run --devstack devstack --dist precise --steps apt']
+    built.write()
+    proc = build(built, '--devstack-dir', devstack)
+    assert proc.returncode == 0, proc.stderr
+    assert 'copying %s to ~/devstack' % devstack in proc.stderr
+    streamed = [l.split('] ', 1)[1] for l in proc.stderr.splitlines() if 'prepare-node.sh [' in l]
+    # The plan came from the copied devstack tree's package lists.
+    assert any('apt-get install' in l and '--download-only' in l and 'qemu-kvm' in l
+               for l in streamed), streamed
