@@ -14,6 +14,7 @@ OpenStack convention), found on the usual search path or $OS_CLIENT_CONFIG_FILE.
 import dataclasses
 import os
 import re
+import string
 
 import yaml
 
@@ -51,7 +52,8 @@ class Key:
     kind: str                 # 'str', 'int', 'number', 'bool', 'list', 'strlist', 'name', 'mapping'
     default: object = REQUIRED
     minimum: float = None
-    choices: tuple = None
+    choices: tuple = None     # allowed values; for 'format', the allowed {fields}
+    needs: str = None         # for 'format': the field that keeps names unique
     doc: str = ''
 
     def describe(self):
@@ -59,8 +61,12 @@ class Key:
             'str': 'a string', 'name': 'a name of letters, digits, ".", "_" or "-"',
             'int': 'a whole number', 'number': 'a number', 'bool': 'true or false',
             'list': 'a list', 'strlist': 'a list of strings', 'mapping': 'a mapping',
+            'format': 'a name format',
         }[self.kind]
-        if self.choices:
+        if self.kind == 'format':
+            what = 'a name format using {%s} and only %s' % (
+                self.needs, ', '.join('{%s}' % c for c in self.choices))
+        elif self.choices:
             what = 'one of ' + ', '.join(repr(c) for c in self.choices)
         elif self.minimum is not None:
             what += ' >= %s' % _fmt(self.minimum)
@@ -79,6 +85,12 @@ GLOBAL_KEYS = {
                            doc='seconds a database lock may be waited for, per attempt'),
     'db-retries': Key('int', 5, minimum=1, doc='attempts on a busy database'),
     'node-prefix': Key('name', 'dg', doc='prefix of every server and image name we create'),
+    'node-name-format': Key('format', '{prefix}-{label}-{provider}-{id}',
+                            choices=('prefix', 'label', 'provider', 'id'), needs='id',
+                            doc='server name of a node'),
+    'image-name-format': Key('format', '{prefix}-{label}-{provider}-{timestamp}',
+                             choices=('prefix', 'label', 'provider', 'timestamp'),
+                             needs='timestamp', doc='name of a built image'),
     'ssh-private-key': Key('str', os.path.join('~', '.devstack-gate', 'id_rsa'),
                            doc='key used to log in to nodes; created if missing'),
     'poll-interval': Key('number', 5, minimum=0.01,
@@ -218,6 +230,8 @@ class Config:
     db_lock_timeout: float
     db_retries: int
     node_prefix: str
+    node_name_format: str
+    image_name_format: str
     ssh_private_key: str
     poll_interval: float
     launch_deadline: float
@@ -407,6 +421,14 @@ def _check(value, spec):
     elif kind == 'mapping':
         if not isinstance(value, dict):
             return shown
+    elif kind == 'format':
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except (ValueError, TypeError):
+            return shown
+        if spec.needs not in fields or not fields <= set(spec.choices):
+            return shown
+        return None
     elif kind == 'strlist':
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             return shown

@@ -49,9 +49,11 @@ class BuildFailed(GateError):
         self.reason = reason
 
 
-def image_name(prefix, label, provider, when=None):
+def image_name(config, label, provider, when=None):
     when = when or datetime.datetime.now(datetime.timezone.utc)
-    return '%s-%s-%s-%s' % (prefix, label, provider, when.strftime('%Y%m%dT%H%M%SZ'))
+    return config.image_name_format.format(prefix=config.node_prefix, label=label,
+                                           provider=provider,
+                                           timestamp=when.strftime('%Y%m%dT%H%M%SZ'))
 
 
 def resolve_setup(config, entry):
@@ -111,7 +113,7 @@ class Builder:
         for path, args in setup:
             print('%s: would run %s' % (tag, ' '.join(shlex.quote(w) for w in [path] + args)))
         print('%s: would snapshot it as %s, check a canary node, then promote it'
-              % (tag, image_name(self.config.node_prefix, label, self.provider.name)))
+              % (tag, image_name(self.config, label, self.provider.name)))
 
     def build(self, label):
         """Build, check and promote one image; raises BuildFailed.  Returns the row."""
@@ -120,7 +122,7 @@ class Builder:
         setup = [resolve_setup(self.config, e) for e in image.setup]
         row = self.db.transact(lambda s: s.create_image(
             self.provider.name, label,
-            name=image_name(self.config.node_prefix, label, self.provider.name)))
+            name=image_name(self.config, label, self.provider.name)))
         log.info('%s: building image %s (row %d) from %s on flavor %s',
                  tag, row.name, row.id, base.name, flavor.name)
         started = time.time()

@@ -60,8 +60,9 @@ class Summary:
         return sum(s.became_ready for s in self.labels.values())
 
 
-def node_name(prefix, label, provider, node_id):
-    return '%s-%s-%s-%d' % (prefix, label, provider, node_id)
+def node_name(config, label, provider, node_id):
+    return config.node_name_format.format(prefix=config.node_prefix, label=label,
+                                          provider=provider, id=node_id)
 
 
 def describe(node):
@@ -176,7 +177,7 @@ class Launcher:
         image = self.provider.image(label)
         node = self.db.transact(lambda s: s.create_node(
             self.provider.name, label, image_id=image_row.id, username=image.username))
-        name = node_name(self.config.node_prefix, label, self.provider.name, node.id)
+        name = node_name(self.config, label, self.provider.name, node.id)
         self._update(node.id, name=name)
         node = dataclasses.replace(node, name=name)
         metadata = {cloud.META_PROVIDER: self.provider.name, cloud.META_KIND: 'node',

@@ -158,3 +158,13 @@ def test_waiting_uses_one_list_call_per_poll(tmp_path, clouds_for, sqlite_url):
         lists[name] = calls['GET /compute/v2.1/servers/detail']
     assert len(pool.nodes(provider='rax', state='ready')) == 6
     assert lists['rax'] <= lists['hp'] + 3, lists
+
+
+def test_node_names_follow_the_configured_format(tmp_path, clouds_for, sqlite_url):
+    pool = two_providers(tmp_path, clouds_for, sqlite_url)
+    pool.data['node-prefix'] = 'ci'
+    pool.data['node-name-format'] = '{prefix}-{provider}-{label}-n{id}'
+    pool.write()
+    assert pool.run('devstack-vm-launch.py', 'hp').returncode == 0
+    names = sorted(s['name'] for s in pool.live_servers('hp'))
+    assert names == sorted('ci-hp-precise-n%d' % n.id for n in pool.nodes(provider='hp'))
