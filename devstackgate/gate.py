@@ -1,0 +1,206 @@
+"""The gate run's Python side: settings for devstack-vm-gate.sh, and finishing a run.
+
+``devstack-vm-gate.sh`` (what the gate Jenkins job runs) does the work in bash
+with the real git, ssh and rsync.  It asks this module for two things:
+
+- its settings (:func:`settings`), printed by ``python3 -m
+  devstackgate.cmd.gate_settings`` as shell-quoted ``GATE_*=`` lines, so the
+  YAML configuration stays the single source of truth;
+- the end of a run (:func:`finish`), through ``python3 -m
+  devstackgate.cmd.finish``: the result and its end time are recorded, then a
+  node whose run passed (or was aborted) is deleted and a node whose run
+  failed or timed out is held for ``hold-hours`` with the job, build and
+  change recorded as the reason.
+
+Deleting is two-phase: the row goes to ``delete`` first, then the cloud is
+asked to delete the server, best effort.  If that call fails (a provider
+outage, no credentials on this slave) the hourly reaper finishes the job, so
+a gate run never fails or hangs on a cloud API.
+"""
+
+import datetime
+import logging
+import os
+import shlex
+import time
+
+import vmdatabase
+from devstackgate import fetch
+from devstackgate.errors import GateError, UsageError
+
+log = logging.getLogger('gate')
+
+#: DEVSTACK_GATE_TEMPEST=1 selects TEMPEST_COMMAND instead of gate.test-command.
+TEMPEST_ENV = 'DEVSTACK_GATE_TEMPEST'
+#: devstack installs tempest into $DEST/tempest; the gate's local.conf sets
+#: DEST to the copied workspace and enables the tempest service.
+TEMPEST_COMMAND = 'cd devstack && ./stack.sh && cd ../tempest && tox -e full'
+#: Seconds the local safety timeout adds to the remote test-timeout, so the
+#: node's own `timeout` normally fires first and the local one only catches a
+#: hung connection.
+SAFETY_MARGIN = 60
+#: Seconds log collection may take after Jenkins aborted the run (at most
+#: rsync-timeout): Jenkins does not wait long after its SIGTERM.
+ABORT_COPY_TIMEOUT = 120
+
+FINAL_RESULTS = ('success', 'failure', 'timeout', 'aborted')
+DELETE_RESULTS = ('success', 'aborted')
+HOLD_RESULTS = ('failure', 'timeout')
+
+
+def _number(value):
+    """A config number as the shell and `timeout` want it: 5400, not 5400.0."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def tempest_selected(environ):
+    return environ.get(TEMPEST_ENV, '').strip().lower() in ('1', 'true', 'yes')
+
+
+def settings(config, label=None, environ=None):
+    """The gate's settings as (NAME, value) pairs; GATE_PROJECTS's value is a tuple.
+
+    Raises UsageError for a label no provider offers, or for two projects that
+    would be cloned to the same directory.
+    """
+    environ = os.environ if environ is None else environ
+    gate = config.gate
+    label = label or gate.label
+    labels = config.labels()
+    if label not in labels:
+        raise UsageError('label %r: no provider offers it; known labels: %s'
+                         % (label, ', '.join(labels) or 'none'))
+    seen = {}
+    for project in gate.projects:
+        name = project.rstrip('/').rsplit('/', 1)[-1]
+        if name in seen:
+            raise UsageError('%s: gate.projects: %s and %s would both be cloned to %s/%s'
+                             % (config.path, seen[name], project, gate.workspace, name))
+        seen[name] = project
+    tempest = tempest_selected(environ)
+    return [
+        ('GATE_CONFIG', os.path.abspath(config.path)),
+        ('GATE_LABEL', label),
+        ('GATE_GIT_BASE', gate.git_base.rstrip('/') or gate.git_base),
+        ('GATE_PROJECTS', tuple(p.strip('/') for p in gate.projects)),
+        ('GATE_BRANCH', gate.branch),
+        ('GATE_WORKSPACE', gate.workspace),
+        ('GATE_TEMPEST', '1' if tempest else ''),
+        ('GATE_TEST_COMMAND', TEMPEST_COMMAND if tempest else gate.test_command),
+        ('GATE_TEST_TIMEOUT', _number(gate.test_timeout)),
+        ('GATE_TEST_SAFETY_TIMEOUT', _number(gate.test_timeout + SAFETY_MARGIN)),
+        ('GATE_FETCH_WAIT', _number(gate.fetch_wait)),
+        ('GATE_GIT_TIMEOUT', _number(gate.git_timeout)),
+        ('GATE_GIT_RETRIES', str(gate.git_retries)),
+        ('GATE_RSYNC_TIMEOUT', _number(gate.rsync_timeout)),
+        ('GATE_ABORT_COPY_TIMEOUT', _number(min(gate.rsync_timeout, ABORT_COPY_TIMEOUT))),
+        ('GATE_HOLD_HOURS', _number(config.hold_hours)),
+        ('GATE_SSH_KEY', config.ssh_private_key),
+    ]
+
+
+def shell_lines(pairs):
+    """NAME=value lines for bash's eval; a tuple becomes an array."""
+    lines = []
+    for name, value in pairs:
+        if isinstance(value, tuple):
+            lines.append('%s=(%s)' % (name, ' '.join(shlex.quote(v) for v in value)))
+        else:
+            lines.append('%s=%s' % (name, shlex.quote(str(value))))
+    return lines
+
+
+def hold_reason(result, change, job, build, detail=None):
+    reason = '%s: change %s (job %s, build %s)' % (result, change or 'none', job or 'unknown',
+                                                   build or 'unknown')
+    return reason + ('; ' + detail if detail else '')
+
+
+def describe(node):
+    return '%s (%s, id %d)' % (node.name or 'node-%d' % node.id, node.provider, node.id)
+
+
+def _utc(ts):
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+        '%Y-%m-%d %H:%M UTC')
+
+
+def finish(config, node_id, result, result_id=None, detail=None, environ=None, db=None,
+           connect=None, now=None):
+    """Record a gate run's result, then delete or hold its node.
+
+    Returns the action taken: 'delete', 'hold' or None (the node was no
+    longer in use, so it was left as it is).  `connect` gives the cloud
+    adapter of a provider (default: devstackgate.cloud.connect).
+    """
+    if result not in FINAL_RESULTS:
+        raise UsageError('result %r: expected one of %s' % (result, ', '.join(FINAL_RESULTS)))
+    environ = os.environ if environ is None else environ
+    db = db or vmdatabase.Database.from_config(config)
+    now = time.time() if now is None else now
+    claimed_by, identity = fetch.job_identity(environ)
+
+    def record(s):
+        node = s.get_node(node_id)
+        if node is None:
+            raise GateError('node %d: not in the database %s' % (node_id, db))
+        row = None
+        if result_id is not None:
+            row = s.get_result(result_id)
+            if row is None:
+                raise GateError('node %s: result %d is not in the database' % (describe(node),
+                                                                             result_id))
+            if row.node_id != node.id:
+                raise UsageError('result %d belongs to node %s, not to node %s'
+                                 % (result_id, row.node_id, describe(node)))
+            s.finish_result(result_id, result, now=now)
+        if node.state != 'used':
+            return node, row, None, None
+        if result in DELETE_RESULTS:
+            s.update_node(node.id, state='delete', state_time=now)
+            return node, row, 'delete', None
+        job = (row and row.job_name) or identity['job_name']
+        build = (row and row.build_number) or identity['build_number']
+        change = (row and row.change_ref) or identity['change_ref']
+        hold = dict(hold_until=now + config.hold_hours * 3600,
+                    held_by=node.claimed_by or claimed_by,
+                    hold_reason=hold_reason(result, change, job, build, detail))
+        s.update_node(node.id, state='hold', state_time=now, **hold)
+        return node, row, 'hold', hold
+
+    node, row, action, hold = db.transact(record)
+    ran = ' after %.0f s' % (now - row.start_time) if row is not None else ''
+    if action is None:
+        log.warning('node %s: result %s%s; the node is %s, not used, so it is left as it is',
+                    describe(node), result, ran, node.state)
+    elif action == 'hold':
+        log.info('node %s: result %s%s; held until %s (%s h) for %s: %s',
+                 describe(node), result, ran, _utc(hold['hold_until']),
+                 _number(config.hold_hours), hold['held_by'], hold['hold_reason'])
+    else:
+        ok, outcome = _delete_server(config, node, connect, environ)
+        (log.info if ok else log.warning)('node %s: result %s%s; deleting it: %s',
+                                          describe(node), result, ran, outcome)
+    return action
+
+
+def _delete_server(config, node, connect, environ):
+    """Ask the cloud to delete the node's server, best effort: (ok, what happened).
+
+    The row is already in state delete, so whatever happens here the reaper
+    finishes the job.
+    """
+    if not node.external_id:
+        return False, 'no server id recorded; the reaper will finish the delete'
+    try:
+        if connect is None:
+            from devstackgate import cloud     # the cloud clients, only when deleting
+            connect = cloud.connect
+        adapter = connect(config.provider(node.provider), environ=environ)
+        accepted = adapter.delete_server(node.external_id)
+    except Exception as e:    # best effort: a gate result never waits on a cloud
+        reason = getattr(e, 'reason', type(e).__name__)
+        return False, ('deleting server %s failed (%s: %s); the reaper will finish the delete'
+                       % (node.external_id, reason, str(e).splitlines()[0] if str(e) else ''))
+    return True, ('server %s %s; the reaper removes the row once it is gone'
+                  % (node.external_id, 'deletion requested' if accepted else 'was already gone'))
