@@ -84,9 +84,10 @@ def fetch(config, label, providers=None, wait=0.0, db=None, environ=None,
                              detail))
 
 
-def print_node(config, node, result, out=sys.stdout, err=sys.stderr):
+def print_node(config, node, result, out=sys.stdout):
     port = config.provider(node.provider).ssh_port
     for line in shell_lines(node, port, result):
         print(line, file=out)
-    print('fetched %s (%s, label %s) at %s for %s'
-          % (node.name, node.provider, node.label, node.ip, node.claimed_by), file=err)
+    out.flush()
+    log.info('fetched %s (%s, label %s) at %s for %s',
+             node.name, node.provider, node.label, node.ip, node.claimed_by)
