@@ -340,6 +340,23 @@ class Session:
             fields.setdefault('state_time', time.time())
         self._update(Node, node_id, fields)
 
+    def update_node_if(self, node_id, expect_state, **fields):
+        """Change a node only if it is still in expect_state; True if it was.
+
+        One conditional UPDATE, so a concurrent writer (the reaper marking a
+        node delete, a job claiming it) is never overwritten.
+        """
+        if 'state' in fields:
+            if fields['state'] not in NODE_STATES:
+                raise ValueError('unknown node state %r' % fields['state'])
+            fields.setdefault('state_time', time.time())
+        bad = set(fields) - (set(_columns(Node)) - {'id'})
+        if bad or not fields:
+            raise ValueError('bad node column(s): %s' % ', '.join(sorted(bad)) or 'none')
+        cols = sorted(fields)
+        sql = 'UPDATE nodes SET %s WHERE id = ? AND state = ?' % ', '.join('%s = ?' % c for c in cols)
+        return self._execute(sql, [fields[c] for c in cols] + [node_id, expect_state]).rowcount == 1
+
     def delete_node(self, node_id):
         """Remove the row (only once the server is really gone from the cloud)."""
         self._execute('DELETE FROM nodes WHERE id = ?', [node_id])

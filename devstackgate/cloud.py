@@ -347,6 +347,9 @@ class OpenStackAdapter:
                    public_key=public_key)
         return True
 
+    def list_keypairs(self):
+        return [k.name for k in self._call('list keypairs', self._nova.keypairs.list)]
+
     def delete_keypair(self, name):
         try:
             self._call('delete keypair %s' % name, self._nova.keypairs.delete, name)

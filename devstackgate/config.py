@@ -482,3 +482,33 @@ def _check_clouds(providers, path, errors, environ):
         else:
             errors.append('%s: providers[%d].cloud: %r is not in %s; clouds there: %s'
                           % (path, i, cloud, cpath, ', '.join(sorted(names)) or 'none'))
+
+
+def reference():
+    """The configuration reference as reStructuredText, generated from the tables.
+
+    README.rst carries this text verbatim (a test keeps them the same):
+    python3 -c 'from devstackgate import config; print(config.reference())'
+    """
+    out = []
+    for title, prefix, table in (('Top level', '', GLOBAL_KEYS),
+                                 ('providers[]', 'providers[].', PROVIDER_KEYS),
+                                 ('providers[].images[]', 'providers[].images[].', IMAGE_KEYS),
+                                 ('gate', 'gate.', GATE_KEYS)):
+        out.append('``%s``' % title)
+        out.append('')
+        for key, spec in table.items():
+            if spec.default is REQUIRED:
+                default = 'required'
+            elif spec.default is None:
+                default = 'unset'
+            elif isinstance(spec.default, (tuple, list)):
+                default = '[%s]' % ', '.join(spec.default)
+            elif isinstance(spec.default, bool):
+                default = 'true' if spec.default else 'false'
+            else:
+                default = str(spec.default)
+            out.append('- ``%s%s`` (%s; default ``%s``)%s' % (
+                prefix, key, spec.describe(), default, ': ' + spec.doc if spec.doc else ''))
+        out.append('')
+    return '\n'.join(out).rstrip() + '\n'

@@ -24,6 +24,7 @@ or by the next reap (they carry our metadata).
 import datetime
 import logging
 import os
+import re
 import shlex
 import time
 
@@ -54,6 +55,17 @@ def image_name(config, label, provider, when=None):
     return config.image_name_format.format(prefix=config.node_prefix, label=label,
                                            provider=provider,
                                            timestamp=when.strftime('%Y%m%dT%H%M%SZ'))
+
+
+def build_keypair_name(prefix, label, provider, image_row_id):
+    return '%s-build-%s-%s-%d' % (prefix, label, provider, image_row_id)
+
+
+def build_keypair_row(prefix, provider, name):
+    """The image row id a build keypair belongs to, or None if the name is not one of ours."""
+    match = re.fullmatch(r'%s-build-.+-%s-(\d+)' % (re.escape(prefix), re.escape(provider)),
+                         name)
+    return int(match.group(1)) if match else None
 
 
 def resolve_setup(config, entry):
@@ -127,8 +139,7 @@ class Builder:
                  tag, row.name, row.id, base.name, flavor.name)
         started = time.time()
         key = paramiko.RSAKey.generate(2048)
-        keypair = '%s-build-%s-%s-%d' % (self.config.node_prefix, label, self.provider.name,
-                                         row.id)
+        keypair = build_keypair_name(self.config.node_prefix, label, self.provider.name, row.id)
         template_id = None
         try:
             self.adapter.ensure_keypair(keypair, '%s %s' % (key.get_name(), key.get_base64()))
@@ -201,10 +212,10 @@ class Builder:
         if self.devstack_dir:
             log.info('%s: copying %s to ~/%s', tag, self.devstack_dir, REMOTE_DEVSTACK_DIR)
             ssh.put_tree(client, self.devstack_dir, REMOTE_DEVSTACK_DIR,
-                         timeout=self.config.image_build_timeout)
+                         timeout=max(1.0, deadline - self.clock()))
         if any(os.path.dirname(path) == NODE_SETUP_DIR for path, _ in setup):
             ssh.put_tree(client, NODE_SETUP_DIR, REMOTE_NODE_SETUP_DIR,
-                         timeout=self.config.image_build_timeout)
+                         timeout=max(1.0, deadline - self.clock()))
         for path, args in setup:
             name = os.path.basename(path)
             if os.path.dirname(path) == NODE_SETUP_DIR:
@@ -251,7 +262,8 @@ class Builder:
     def canary(self, tag, label, row, flavor):
         """Boot one node from the new image through the pool's own launch path."""
         launcher = launch.Launcher(self.config, self.provider, self.db, self.adapter,
-                                   self.pool_key, clock=self.clock)
+                                   self.pool_key, clock=self.clock, ready_state='used',
+                                   claimed_by='canary of image %s' % row.name)
         _, public = ssh.ensure_private_key(self.config.ssh_private_key)
         self.adapter.ensure_keypair(self.provider.keypair, public)
         log.info('%s: booting a canary node from %s', tag, row.name)
@@ -261,7 +273,7 @@ class Builder:
         launcher.wait([node])
         checked = self.db.transact(lambda s: s.get_node(node.id))
         try:
-            if checked.state != 'ready':
+            if checked.state != 'used':
                 raise BuildFailed('canary-failed', 'canary node %s did not become ready (%s)'
                                   % (checked.name, checked.fail_reason or checked.state))
             validate = self.provider.image(label).validate

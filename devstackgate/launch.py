@@ -70,7 +70,13 @@ def describe(node):
 
 
 class Launcher:
-    def __init__(self, config, provider, db, adapter, pkey, clock=time.monotonic):
+    def __init__(self, config, provider, db, adapter, pkey, clock=time.monotonic,
+                 ready_state='ready', claimed_by=None):
+        """ready_state/claimed_by: what a node that passes its checks becomes.  The
+        image builder's canary becomes 'used' (by the build), so no gate job
+        can be handed a node of an image that is not yet promoted."""
+        self.ready_state = ready_state
+        self.claimed_by = claimed_by
         self.config = config
         self.provider = provider
         self.db = db
@@ -88,6 +94,14 @@ class Launcher:
     def _update(self, node_id, **fields):
         self.db.transact(lambda s: s.update_node(node_id, **fields))
 
+    def _finish(self, node, **fields):
+        """Move a building node on, unless someone (the reaper) took it meanwhile."""
+        if self.db.transact(lambda s: s.update_node_if(node.id, 'building', **fields)):
+            return True
+        log.warning('%s: no longer building (changed by another run); leaving it as it is',
+                    describe(node))
+        return False
+
     def _label(self, label):
         return self.summary.labels.setdefault(label, LabelSummary())
 
@@ -99,7 +113,7 @@ class Launcher:
                 self.adapter.delete_server(node.external_id)
             except GateError as e:
                 log.warning('%s: delete failed, the reaper will retry: %s', describe(node), e)
-        self._update(node.id, state='delete', fail_reason=reason)
+        self._finish(node, state='delete', fail_reason=reason)
         self._label(node.label).failed += 1
 
     # -- 1. pick up what earlier runs left --------------------------------
@@ -295,10 +309,11 @@ class Launcher:
     def _checked(self, node, outcome):
         if outcome[0] == 'ready':
             _, ip, host_key = outcome
-            self._update(node.id, state='ready', ip=ip, host_key=host_key)
-            log.info('%s: building -> ready after %.0f s', describe(node),
-                     time.time() - node.created)
-            self._label(node.label).became_ready += 1
+            if self._finish(node, state=self.ready_state, ip=ip, host_key=host_key,
+                            claimed_by=self.claimed_by):
+                log.info('%s: building -> %s after %.0f s', describe(node), self.ready_state,
+                         time.time() - node.created)
+                self._label(node.label).became_ready += 1
         elif outcome[0] == 'fail':
             self.fail(node, outcome[1], outcome[2])
 

@@ -45,14 +45,19 @@ image-not-current  ready, booted from an image that is no longer current
 ready-too-old      ready longer than max-ready-hours after it was created
 failed-build       an image row a build marked delete, and extra snapshots
                    of a ready image's build
-interrupted-build  an image row building longer than image-build-timeout +
-                   snapshot-timeout + boot-timeout
+interrupted-build  an image row building longer than a build can take:
+                   image-build-timeout + snapshot-timeout + boot-timeout +
+                   launch-deadline (the canary) + ready-check-timeout
 beyond-retention   a ready image older than the newest keep-images
                    non-demoted ready images (current and previous are kept)
 demoted            a ready image an operator demoted
+image-vanished     a ready image row whose glance image is gone from the cloud
+                   (launch could not boot from it)
 template-done      the template server of an image no longer building
 leaked             an untracked server or image of ours, seen twice, past
                    the grace period
+leaked-keypair     the fresh keypair of an image build that is no longer
+                   building (a build that crashed before deleting it)
 =================  ==========================================================
 """
 
@@ -64,17 +69,18 @@ import sys
 import time
 
 import vmdatabase
-from devstackgate import cloud
+from devstackgate import cloud, image
 from devstackgate.errors import DatabaseError, GateError
 
 log = logging.getLogger('reap')
 
 REASONS = ('delete', 'error', 'used-too-long', 'hold-expired', 'build-timeout',
            'image-not-current', 'ready-too-old', 'failed-build', 'interrupted-build',
-           'beyond-retention', 'demoted', 'template-done', 'leaked')
+           'beyond-retention', 'demoted', 'image-vanished', 'template-done', 'leaked',
+           'leaked-keypair')
 # An image row marked delete by the reaper or the builder carries one of
 # these as its fail_reason; later runs count it under the same reason.
-IMAGE_ROW_REASONS = ('interrupted-build', 'beyond-retention', 'demoted')
+IMAGE_ROW_REASONS = ('interrupted-build', 'beyond-retention', 'demoted', 'image-vanished')
 
 HOUR = 3600.0
 
@@ -107,6 +113,7 @@ class Step:
     reason: str
     server_id: str = None
     image_id: str = None
+    keypair: str = None
     row: object = None
     remove: bool = False
     note: str = ''
@@ -209,7 +216,8 @@ class Limits:
                    max_used=config.max_used_hours * HOUR, max_ready=config.max_ready_hours * HOUR,
                    leak_grace=config.leak_grace, keep_images=config.keep_images,
                    interrupted_build=(config.image_build_timeout + config.snapshot_timeout
-                                      + provider.boot_timeout))
+                                      + provider.boot_timeout + config.launch_deadline
+                                      + config.ready_check_timeout))
 
 
 # -- the plan: a pure function of what was read ----------------------------------------
@@ -269,12 +277,14 @@ def retention(images, keep):
 
 
 def plan(provider_name, limits, nodes, images, servers, cloud_images, current, leaks,
-         now, listed_at):
+         now, listed_at, keypairs=(), prefix=None):
     """What to delete and why.
 
     nodes, images: this provider's rows.  servers, cloud_images: the cloud's
     lists (taken at `listed_at`).  current: label -> current image row or None.
     leaks: the Leak rows of this run's sightings (one per untracked resource).
+    keypairs: the cloud's keypair names; prefix: our node-prefix, to know
+    image builds' keypairs.
     """
     p = Plan()
     listed_servers = {s.id: s for s in servers}
@@ -324,6 +334,8 @@ def plan(provider_name, limits, nodes, images, servers, cloud_images, current, l
     doomed = retention(images, limits.keep_images)
     for r in images:
         reason = image_row_reason(r, limits, doomed, now)
+        if reason is None and r.state == 'ready' and r.external_id not in listed_images:
+            reason = 'image-vanished'
         name = r.name or 'image-%d' % r.id
         tagged_images = [i.id for i in ours_images
                          if i.metadata.get(cloud.META_IMAGE_ID) == str(r.id)
@@ -372,6 +384,14 @@ def plan(provider_name, limits, nodes, images, servers, cloud_images, current, l
         if not glance and not templates:
             settled(r, 'image', name, r.external_id or 'row %d' % r.id, reason,
                     'nothing of it in the cloud; the row goes on the next run')
+
+    # Keypairs of image builds that are no longer building.
+    building = {i.id for i in images if i.state == 'building'}
+    for name in keypairs:
+        row_id = image.build_keypair_row(prefix, provider_name, name) if prefix else None
+        if row_id is not None and row_id not in building:
+            p.steps.append(Step('keypair', name, name, 'leaked-keypair', keypair=name,
+                                note='its build (image row %d) is over' % row_id))
 
     # Leaks: seen on two runs in a row and older than the grace period.
     for leak in leaks:
@@ -463,6 +483,7 @@ class Reaper:
         listed_at = self.clock()
         servers = self.adapter.list_servers()
         cloud_images = self.adapter.list_images()
+        keypairs = self.adapter.list_keypairs()
         nodes, images, current = self.read()
         now = self.clock()
         leaked_servers, leaked_images = untracked(name, nodes, images, servers, cloud_images)
@@ -474,7 +495,7 @@ class Reaper:
                  len(leaked_servers), len(leaked_images), '; dry run' if self.dry_run else '')
         leaks = self.sightings(leaked_servers, leaked_images, now)
         the_plan = plan(name, self.limits, nodes, images, servers, cloud_images, current, leaks,
-                        now, listed_at)
+                        now, listed_at, keypairs=keypairs, prefix=self.config.node_prefix)
         for note in the_plan.notes:
             log.info('%s: %s', name, note)
         try:
@@ -558,6 +579,8 @@ class Reaper:
                     self.adapter.delete_server(step.server_id)
                 elif step.image_id:
                     self.adapter.delete_image(step.image_id)
+                elif step.keypair:
+                    self.adapter.delete_keypair(step.keypair)
             except cloud.CloudUnavailable:
                 raise
             except cloud.CloudError as e:

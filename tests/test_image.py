@@ -65,6 +65,10 @@ def test_built_image_carries_its_cache_to_pool_nodes(built):
     image = current(built)
     assert image.state == 'ready' and image.name.startswith('dg-precise-rax-')
     assert_nothing_leaked(built)
+    # The canary was the build's (used), never a ready node a gate job could be handed.
+    (canary,) = built.nodes()
+    assert (canary.image_id, canary.state, canary.fail_reason) == (image.id, 'delete', 'canary')
+    assert canary.claimed_by == 'canary of image %s' % image.name
     proc = built.run('devstack-vm-launch.py', 'rax')
     assert proc.returncode == 0, proc.stderr
     (node,) = built.nodes(state='ready')

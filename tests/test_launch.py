@@ -168,3 +168,20 @@ def test_node_names_follow_the_configured_format(tmp_path, clouds_for, sqlite_ur
     assert pool.run('devstack-vm-launch.py', 'hp').returncode == 0
     names = sorted(s['name'] for s in pool.live_servers('hp'))
     assert names == sorted('ci-hp-precise-n%d' % n.id for n in pool.nodes(provider='hp'))
+
+
+def test_a_node_the_reaper_took_is_not_made_ready_again(tmp_path, sqlite_url):
+    """Launch finishing a slow check must not overwrite the reaper's delete."""
+    import vmdatabase
+    from devstackgate import config as configmod, launch
+    data = {'database': sqlite_url,
+            'providers': [provider('rax')]}
+    cfg = configmod.validate(data, 'test.yaml', check_clouds=False)
+    db = vmdatabase.Database(sqlite_url)
+    node = db.transact(lambda s: s.create_node('rax', 'precise', name='slow'))
+    launcher = launch.Launcher(cfg, cfg.provider('rax'), db, adapter=None, pkey=None)
+    db.transact(lambda s: s.update_node(node.id, state='delete', fail_reason='build-timeout'))
+    launcher._checked(node, ('ready', '127.0.0.1', 'ssh-ed25519 AAAA'))
+    row = db.transact(lambda s: s.get_node(node.id))
+    assert (row.state, row.fail_reason, row.ip) == ('delete', 'build-timeout', None)
+    assert launcher.summary.became_ready == 0

@@ -13,10 +13,11 @@ import re
 import threading
 import time
 
+import paramiko
 import pytest
 
 import vmdatabase
-from devstackgate import cloud, config as configmod, reap
+from devstackgate import cloud, config as configmod, image as imagemod, reap
 from localcloud.testing import local_clouds
 from tests.pool import BASE_IMAGE, Pool, cloud_config, make_base_dir, provider
 from tests.reap_helpers import (Fabricator, cloud_state, database_state, deletions, live_ours,
@@ -151,7 +152,7 @@ def test_reap_end_to_end(tmp_path, clouds_for, db_url):
     demoted, demoted_image, _ = f.image('ready', now - 60, template=False,
                                         snapshot_from=source, demoted=1)
     interrupted, interrupted_image, interrupted_template = f.image(
-        'building', now - 200, record_image=False)
+        'building', now - 1000, record_image=False)
     failed, _, failed_template = f.image('delete', now - 60, snapshot=False,
                                          record_template=False, fail_reason='setup-failed')
     building, _, building_template = f.image('building', snapshot=False)
@@ -613,3 +614,29 @@ def test_table_is_aligned():
         '  nodes         hold                   1',
         '  images        ready                  2',
     ]
+
+
+def test_build_keypairs_and_vanished_images_go(tmp_path, clouds_for, sqlite_url):
+    """A crashed build's keypair is deleted once its build is over; a ready image row whose
+    glance image disappeared is retired so launch stops trying to boot from it."""
+    pool = make_pool(tmp_path, clouds_for, sqlite_url)
+    nova = Fabricator(pool).nova
+
+    def public_key():
+        key = paramiko.ECDSAKey.generate()
+        return '%s %s' % (key.get_name(), key.get_base64())
+    over = pool.db.transact(lambda s: s.create_image('rax', 'precise', state='delete',
+                                                     fail_reason='setup-failed'))
+    running = pool.db.transact(lambda s: s.create_image('rax', 'precise'))
+    for row in (over, running):
+        nova.keypairs.create(imagemod.build_keypair_name('dg', 'precise', 'rax', row.id),
+                             public_key=public_key())
+    nova.keypairs.create('someone-elses-key', public_key=public_key())
+    gone = pool.db.transact(lambda s: s.create_image('rax', 'precise', state='ready',
+                                                     external_id='no-such-image', name='gone'))
+    lines = [l[:3] for l in deletions(reap_script(pool).stderr)]
+    assert ('keypair', 'dg-build-precise-rax-%d' % over.id, 'leaked-keypair') in lines, lines
+    assert ('image', 'no-such-image', 'image-vanished') in lines, lines
+    names = sorted(k.name for k in nova.keypairs.list())
+    assert names == sorted(['dg-build-precise-rax-%d' % running.id, 'someone-elses-key'])
+    assert pool.db.transact(lambda s: s.get_image(gone.id)).state == 'delete'

@@ -278,3 +278,13 @@ def test_version_1_database_upgrades_to_current(db_url, monkeypatch):
     assert db.version() == vmdatabase.schema_version() >= 2
     assert db.transact(lambda s: s.get_node(node.id)).name == 'old'
     assert db.transact(lambda s: s.record_sightings('rax', 'server', {'x': 'dg-x'}))[0].sightings == 1
+
+
+def test_update_node_if_only_changes_the_expected_state(db_url):
+    db = vmdatabase.Database(db_url)
+    node = db.transact(lambda s: s.create_node('rax', 'precise'))
+    assert db.transact(lambda s: s.update_node_if(node.id, 'building', state='ready', ip='1.2.3.4'))
+    # A second writer expecting 'building' loses: the row is not overwritten.
+    assert not db.transact(lambda s: s.update_node_if(node.id, 'building', state='delete'))
+    row = db.transact(lambda s: s.get_node(node.id))
+    assert (row.state, row.ip) == ('ready', '1.2.3.4')
