@@ -21,6 +21,7 @@ Environment (defaults in brackets):
   DEVSTACK_GATE_GIT_TIMEOUT      seconds one git network step may take [300]
   DEVSTACK_GATE_GIT_RETRIES      attempts of one git network step [3]
   DEVSTACK_GATE_GIT_BACKOFF      seconds before the first retry, doubling [5]
+  DEVSTACK_GATE_PYTHON           the Python with devstack-gate's dependencies [python3]
 USAGE
 }
 
@@ -36,7 +37,7 @@ DEVSTACK_BRANCH=${DEVSTACK_GATE_DEVSTACK_BRANCH:-master}
 GIT_TIMEOUT=${DEVSTACK_GATE_GIT_TIMEOUT:-300}
 GIT_RETRIES=${DEVSTACK_GATE_GIT_RETRIES:-3}
 GIT_BACKOFF=${DEVSTACK_GATE_GIT_BACKOFF:-5}
-PYTHON=${PYTHON:-python3}
+PYTHON=${DEVSTACK_GATE_PYTHON:-python3}
 scratch=""
 
 say() { printf '%s devstack-vm-update-image.sh: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$*" >&2; }

@@ -130,3 +130,11 @@ def test_every_script_has_help(script):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert proc.stdout.startswith('usage: ' + script.replace('.py', ''))
+
+
+def test_readme_lists_every_key_as_the_tables_say():
+    with open(os.path.join(ROOT, 'README.rst')) as f:
+        text = f.read()
+    start = text.index('.. config-reference-start\n\n') + len('.. config-reference-start\n\n')
+    end = text.index('\n.. config-reference-end')
+    assert text[start:end] == config.reference()

@@ -217,7 +217,7 @@ def test_update_image_sh_handles_missing_present_and_broken_checkouts(built, tmp
     checkout = tmp_path / 'ds' / 'devstack'
     env = {'DEVSTACK_GATE_DEVSTACK_DIR': str(checkout), 'DEVSTACK_GATE_DEVSTACK_REPO': str(origin),
            'DEVSTACK_GATE_GIT_RETRIES': '2', 'DEVSTACK_GATE_GIT_BACKOFF': '0',
-           'PYTHON': sys.executable}
+           'DEVSTACK_GATE_PYTHON': sys.executable}
 
     def run_sh():
         return built.run('devstack-vm-update-image.sh', 'rax', '--dry-run', env=env)
