@@ -156,8 +156,11 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
             s.finish_result(result_id, result, now=now)
         if node.state != 'used':
             return node, row, None, None
+        # Conditional updates: the reaper may take a node that ran past
+        # max-used-hours at this very moment; its decision stands.
         if result in DELETE_RESULTS:
-            s.update_node(node.id, state='delete', state_time=now)
+            if not s.update_node_if(node.id, 'used', state='delete', state_time=now):
+                return node, row, None, None
             return node, row, 'delete', None
         job = (row and row.job_name) or identity['job_name']
         build = (row and row.build_number) or identity['build_number']
@@ -165,7 +168,8 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
         hold = dict(hold_until=now + config.hold_hours * 3600,
                     held_by=node.claimed_by or claimed_by,
                     hold_reason=hold_reason(result, change, job, build, detail))
-        s.update_node(node.id, state='hold', state_time=now, **hold)
+        if not s.update_node_if(node.id, 'used', state='hold', state_time=now, **hold):
+            return node, row, None, None
         return node, row, 'hold', hold
 
     node, row, action, hold = db.transact(record)
