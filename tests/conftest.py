@@ -6,6 +6,7 @@ dropped afterwards.  With CI=true a missing server fails the MySQL tests
 instead of skipping them.
 """
 
+import contextlib
 import os
 import sys
 import urllib.parse
@@ -74,3 +75,14 @@ def db_url(request, tmp_path):
     if request.param == 'sqlite':
         return request.getfixturevalue('sqlite_url')
     return request.getfixturevalue('mysql_url')
+
+
+@pytest.fixture
+def clouds_for(tmp_path):
+    """clouds_for(*cloud_configs) -> running local clouds, torn down after the test."""
+    from localcloud.testing import local_clouds
+    with contextlib.ExitStack() as stack:
+        def start(*configs):
+            return stack.enter_context(local_clouds({'clouds': list(configs)},
+                                                    tmp_dir=str(tmp_path)))
+        yield start

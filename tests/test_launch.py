@@ -1,23 +1,12 @@
 """devstack-vm-launch against two local clouds, through the real clients, SSH and a real database."""
 
-import contextlib
 import re
 import signal
-import time
 
 import pytest
 
-from localcloud.testing import local_clouds
 from tests.pool import Pool, cloud_config, make_base_dir, provider
 
-
-@pytest.fixture
-def clouds_for(tmp_path):
-    with contextlib.ExitStack() as stack:
-        def start(*configs):
-            return stack.enter_context(local_clouds({'clouds': list(configs)},
-                                                    tmp_dir=str(tmp_path)))
-        yield start
 
 
 def two_providers(tmp_path, clouds_for, db_url, rax=None, hp=None, **settings):

@@ -5,7 +5,6 @@ devstackgate.reap in-process against the same local clouds, or its pure plan.
 """
 
 import collections
-import contextlib
 import dataclasses
 import io
 import logging
@@ -18,21 +17,12 @@ import pytest
 
 import vmdatabase
 from devstackgate import cloud, config as configmod, image as imagemod, reap
-from localcloud.testing import local_clouds
 from tests.pool import BASE_IMAGE, Pool, cloud_config, make_base_dir, provider
 from tests.reap_helpers import (Fabricator, cloud_state, database_state, deletions, live_ours,
                                 node_meta, table)
 
 HOUR = 3600
 
-
-@pytest.fixture
-def clouds_for(tmp_path):
-    with contextlib.ExitStack() as stack:
-        def start(*configs):
-            return stack.enter_context(local_clouds({'clouds': list(configs)},
-                                                    tmp_dir=str(tmp_path)))
-        yield start
 
 
 def make_pool(tmp_path, clouds_for, db_url, faults=None, min_ready=1, images=None,
