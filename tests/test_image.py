@@ -262,3 +262,21 @@ def test_shipped_prepare_node_runs_on_the_template(built, tmp_path):
     # The plan came from the copied devstack tree's package lists.
     assert any('apt-get install' in l and '--download-only' in l and 'qemu-kvm' in l
                for l in streamed), streamed
+
+
+def test_validate_command_runs_on_the_canary(built):
+    image = built.data['providers'][0]['images'][0]
+    image['validate'] = 'grep -q "cached by build" %s' % CACHE_FILE
+    built.write()
+    proc = build(built)
+    assert proc.returncode == 0, proc.stderr
+    assert 'validating on canary' in proc.stderr
+    good = current(built)
+    image['validate'] = 'echo "tempest smoke failed"; exit 1'
+    built.write()
+    proc = build(built)
+    assert proc.returncode == 1
+    assert 'validate | tempest smoke failed' in proc.stderr
+    assert 'build failed (canary-failed): validate command exited 1 on canary' in proc.stderr
+    assert current(built) == good
+    assert_nothing_leaked(built)
