@@ -466,7 +466,7 @@ class Database:
             self.sql = lambda s: s
         else:
             self.sql = lambda s: s.replace('?', '%s')
-        if upgrade:
+        if upgrade and self._stored_version() != schema_version():
             self._retrying(self.upgrade)
 
     @classmethod
@@ -594,6 +594,23 @@ class Database:
                 time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
 
     # -- schema -----------------------------------------------------------
+    def _stored_version(self):
+        """The schema version, read without any lock (None if there is no schema yet).
+
+        Opening an up-to-date database (every fetch does) costs one plain read;
+        only a missing or older schema takes the upgrade lock.
+        """
+        conn = self._connect()
+        try:
+            cur = conn.cursor()
+            cur.execute('SELECT version FROM schema_version')
+            row = cur.fetchone()
+            return row[0] if row else None
+        except self._driver_errors():
+            return None
+        finally:
+            _quiet_close(conn)
+
     def upgrade(self):
         """Bring the schema up to this code's version, in place.
 

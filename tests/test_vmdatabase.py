@@ -288,3 +288,19 @@ def test_update_node_if_only_changes_the_expected_state(db_url):
     assert not db.transact(lambda s: s.update_node_if(node.id, 'building', state='delete'))
     row = db.transact(lambda s: s.get_node(node.id))
     assert (row.state, row.ip) == ('ready', '1.2.3.4')
+
+
+def test_opening_an_up_to_date_database_takes_no_lock(sqlite_url):
+    """Every fetch opens the database: with the schema current that is a plain read."""
+    db = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=1)
+    make_ready_nodes(db, 1)
+    blocker = sqlite3.connect(db.url.path, isolation_level=None)
+    blocker.execute('BEGIN IMMEDIATE')
+    try:
+        started = time.monotonic()
+        reopened = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=1)
+        assert time.monotonic() - started < 0.5
+    finally:
+        blocker.execute('ROLLBACK')
+        blocker.close()
+    assert reopened.claim_node('precise', 'job')[0] is not None
