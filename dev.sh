@@ -4,7 +4,7 @@
 #   ./dev.sh test [PYTEST ARGS...]   install what is missing, find or start MariaDB, run the tests
 #
 # It installs missing system packages with apt-get when run as root (rsync, the
-# OpenSSH client, git, shellcheck, a MariaDB server when none answers), keeps a virtualenv in
+# OpenSSH client, git, shellcheck, curl, a MariaDB server when none answers), keeps a virtualenv in
 # .venv (reinstalled when pyproject.toml changes), and runs pytest.
 #
 # MariaDB for the tests: $DEVSTACK_GATE_TEST_MYSQL_URL if set, else
@@ -62,6 +62,7 @@ ensure_system_packages() {
     command -v git >/dev/null 2>&1 || missing+=(git)
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     command -v tar >/dev/null 2>&1 || missing+=(tar)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     fi

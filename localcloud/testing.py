@@ -263,31 +263,29 @@ def _tail(path, lines=30):
 # -- waiting and leak checks ----------------------------------------------------------
 
 
+def _wait_for(get, what, ident, statuses, timeout, interval):
+    """Poll get(ident) until its status is one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        resource = get(ident)
+        if resource.status in statuses:
+            return resource
+        if time.monotonic() > deadline:
+            raise TimeoutError("%s %s still %s after %ss"
+                               % (what, ident, resource.status, timeout))
+        time.sleep(interval)
+
+
 def wait_for_server(nova, server_id, statuses=("ACTIVE", "ERROR"), timeout=10,
                     interval=0.05):
     """Poll ``nova.servers.get`` until the status is one of ``statuses``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        server = nova.servers.get(server_id)
-        if server.status in statuses:
-            return server
-        if time.monotonic() > deadline:
-            raise TimeoutError("server %s still %s after %ss"
-                               % (server_id, server.status, timeout))
-        time.sleep(interval)
+    return _wait_for(nova.servers.get, "server", server_id, statuses, timeout, interval)
 
 
 def wait_for_image(glance, image_id, statuses=("active", "killed"), timeout=10,
                    interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        image = glance.images.get(image_id)
-        if image.status in statuses:
-            return image
-        if time.monotonic() > deadline:
-            raise TimeoutError("image %s still %s after %ss"
-                               % (image_id, image.status, timeout))
-        time.sleep(interval)
+    """Poll ``glance.images.get`` until the status is one of ``statuses``."""
+    return _wait_for(glance.images.get, "image", image_id, statuses, timeout, interval)
 
 
 def listening_sockets():
