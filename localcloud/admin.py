@@ -5,7 +5,11 @@
     GET  /clouds/<name>/faults           all knobs (JSON)
     PUT  /clouds/<name>/faults           merge the given knobs; answers all
     GET  /clouds/<name>/stats            API calls by "METHOD /path/{template}"
-    POST /clouds/<name>/stats/reset
+    GET  /clouds/<name>/stats/spans      {"limit": N, "spans": {key: [[start,
+                                         end], ...]}}: wall-clock times of the
+                                         newest N calls per key, in start
+                                         order; ?key=<key> for one key only
+    POST /clouds/<name>/stats/reset      counters and spans
     GET  /clouds/<name>/servers          every server, lingering and deleted too
     GET  /clouds/<name>/images
     POST /clouds/<name>/revoke-tokens    the next API call with an old token
@@ -69,6 +73,11 @@ def put_faults(local, request):
 @router.route("GET", "/clouds/{name}/stats")
 def get_stats(local, request):
     return _cloud(local, request).stats()
+
+
+@router.route("GET", "/clouds/{name}/stats/spans")
+def get_spans(local, request):
+    return _cloud(local, request).spans_report(request.arg("key"))
 
 
 @router.route("POST", "/clouds/{name}/stats/reset")

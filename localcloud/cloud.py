@@ -4,8 +4,11 @@ The API listener (127.0.0.1, one port) serves keystone under /identity, nova
 under /compute and glance under /image, the URLs the token's catalog lists.
 Every call is counted under "METHOD /path/{template}", then delayed by
 api-latency, then possibly answered with an injected 500 or 429, then
-handled.  An outage closes the listener (connection refused) and reopens it
-on the same port when it ends.
+handled.  Its span (wall-clock time it reached dispatch, before the latency,
+and time its answer was ready) is kept too, the newest ``span-history`` per
+key, so tests can tell parallel calls from sequential or rate-limited ones.
+An outage closes the listener (connection refused) and reopens it on the
+same port when it ends.
 
 The admin operations (faults, stats, servers, revoke tokens) are plain
 methods here; the admin HTTP endpoint and the test fixtures call them.
@@ -121,6 +124,19 @@ class Cloud:
     def reset_stats(self):
         self.state.reset_stats()
 
+    def spans(self, key=None):
+        """{"METHOD /path/{template}": [(start, end), ...]}: when each of
+        the newest ``span-history`` calls per key reached the cloud (before
+        api-latency) and when its answer was ready, as ``time.time()``
+        floats, in start order.  With ``key``: that key only (maybe [])."""
+        return self.state.spans_report(key)
+
+    def spans_report(self, key=None):
+        """What ``GET /clouds/<name>/stats/spans`` answers (JSON-ready)."""
+        return {"limit": self.config.span_history,
+                "spans": {k: [list(span) for span in v]
+                          for k, v in self.spans(key).items()}}
+
     def servers(self):
         return self.state.servers_report()
 
@@ -147,6 +163,7 @@ class Cloud:
         return None, path
 
     def dispatch(self, request):
+        start = time.time()         # wall clock: comparable across processes
         module, subpath = self._service(request.path)
         handler, allowed = None, ()
         key = generic_template(request.path)
@@ -187,5 +204,5 @@ class Cloud:
         if module is nova:
             response.headers["x-compute-request-id"] = request_id
         self.state.record_call("%s %s" % (request.method, key),
-                               response.status)
+                               response.status, start, time.time())
         return response

@@ -4,7 +4,7 @@ running one through its admin endpoint.
     devstack-localcloud run --config clouds-local.yaml --clouds-yaml clouds.yaml \\
         [--state-dir DIR] [--ready-file ready.json] [--admin-port N]
     devstack-localcloud faults --admin URL CLOUD [knob=value ...]
-    devstack-localcloud stats --admin URL CLOUD [--reset]
+    devstack-localcloud stats --admin URL CLOUD [--reset] [--spans [--key K]]
     devstack-localcloud servers --admin URL CLOUD
     devstack-localcloud revoke-tokens --admin URL CLOUD
 
@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import yaml
@@ -84,6 +85,16 @@ class AdminClient:
 
     def reset_stats(self):
         self._call("POST", "/stats/reset", {})
+
+    def spans_report(self, key=None):
+        path = "/stats/spans"
+        if key is not None:
+            path += "?" + urllib.parse.urlencode({"key": key})
+        return self._call("GET", path)
+
+    def spans(self, key=None):
+        return {k: [tuple(span) for span in v]
+                for k, v in self.spans_report(key)["spans"].items()}
 
     def servers(self):
         return self._call("GET", "/servers")["servers"]
@@ -177,7 +188,10 @@ def faults(args):
 
 def stats(args):
     client = AdminClient(args.admin, args.cloud)
-    result = client.stats()
+    if args.spans or args.key:
+        result = client.spans_report(args.key)
+    else:
+        result = client.stats()
     if args.reset:
         client.reset_stats()
     print(json.dumps(result, indent=2, sort_keys=True))
@@ -228,7 +242,12 @@ def build_parser():
     p.add_argument("assignments", nargs="*", metavar="knob=value")
     p = admin_parser("stats", stats, "API calls counted by method and path")
     p.add_argument("--reset", action="store_true",
-                   help="reset the counters after showing them")
+                   help="reset the counters (and spans) after showing them")
+    p.add_argument("--spans", action="store_true",
+                   help="show each call's start and end time (wall clock) "
+                   "instead of the counters")
+    p.add_argument("--key", metavar="'METHOD /path/{template}'",
+                   help="with --spans: only this key's spans")
     admin_parser("servers", servers, "every server, including deleted ones")
     admin_parser("revoke-tokens", revoke_tokens,
                  "invalidate every token (the next call gets 401)")

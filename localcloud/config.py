@@ -44,6 +44,9 @@ DEFAULT_FLAVORS = [
 DEFAULT_IMAGES = [{"name": "localcloud-base"}]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_-]*$")
+#: How many (start, end) spans of API calls a cloud keeps per
+#: "METHOD /path/{template}" key (the newest ones); ``span-history``.
+DEFAULT_SPAN_HISTORY = 1000
 
 
 class FlavorConfig:
@@ -73,7 +76,8 @@ class CloudConfig:
                  address_range="127.10.0.0/16", ssh_port=2222,
                  ssh_users=("jenkins",), floating_ips=False, seed=None,
                  network_name="private", flavors=None, images=None,
-                 faults=None, max_page_size=1000):
+                 faults=None, max_page_size=1000,
+                 span_history=DEFAULT_SPAN_HISTORY):
         self.name = name
         self.port = port
         self.region = region
@@ -89,6 +93,8 @@ class CloudConfig:
         self.network_name = network_name
         # nova's osapi_max_limit / glance's api_limit_max: longest list page
         self.max_page_size = max_page_size
+        # newest API call spans kept per counting key
+        self.span_history = span_history
         self.flavors = [f if isinstance(f, FlavorConfig) else FlavorConfig(**f)
                         for f in (flavors or DEFAULT_FLAVORS)]
         self.images = [i if isinstance(i, ImageConfig) else ImageConfig(**i)
@@ -179,6 +185,7 @@ CLOUD_KEYS = {
     "name", "port", "region", "username", "password", "project", "domain",
     "address-range", "ssh-port", "ssh-users", "floating-ips", "seed",
     "network-name", "flavors", "images", "faults", "max-page-size",
+    "span-history",
 }
 FLAVOR_KEYS = {"id", "name", "ram", "vcpus", "disk", "ephemeral", "swap",
                "extra-specs", "description"}
@@ -289,6 +296,9 @@ def _check_cloud(c, raw, index, base_dir):
     if "max-page-size" in raw:
         kwargs["max_page_size"] = c.count(raw["max-page-size"],
                                           path + ".max-page-size", 1)
+    if "span-history" in raw:
+        kwargs["span_history"] = c.count(raw["span-history"],
+                                         path + ".span-history", 1)
     if "floating-ips" in raw:
         kwargs["floating_ips"] = c.typed(raw["floating-ips"],
                                          path + ".floating-ips", bool,

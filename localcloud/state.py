@@ -34,7 +34,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from datetime import datetime, timezone
 
 import paramiko
@@ -245,6 +245,8 @@ class CloudState:
         self.stats = Counter()
         self.statuses = Counter()
         self.events = Counter()
+        # key -> the newest (start, end) wall-clock times of its API calls
+        self.spans = {}
         self._seq = itertools.count(1)
         self._keypair_ids = itertools.count(1)
         self._addresses_in_use = set()
@@ -836,16 +838,35 @@ class CloudState:
                                   sorted(self.statuses.items())},
                     "events": dict(sorted(self.events.items()))}
 
+    def spans_report(self, key=None):
+        """{key: [(start, end), ...]} in start order, for every key that
+        has spans, or for ``key`` alone (an empty list if it has none).
+        Times are ``time.time()`` floats; at most ``span_history`` (the
+        newest calls) per key."""
+        with self.lock:
+            if key is not None:
+                return {key: sorted(self.spans.get(key, ()))}
+            return {k: sorted(v) for k, v in sorted(self.spans.items())}
+
     def reset_stats(self):
         with self.lock:
             self.stats.clear()
             self.statuses.clear()
             self.events.clear()
+            self.spans.clear()
 
-    def record_call(self, key, status):
+    def record_call(self, key, status, start=None, end=None):
+        """Count one answered API call; with ``start`` (and ``end``, default
+        now) also keep its span."""
         with self.lock:
             self.stats[key] += 1
             self.statuses[status] += 1
+            if start is not None:
+                spans = self.spans.get(key)
+                if spans is None:
+                    spans = self.spans[key] = deque(
+                        maxlen=self.config.span_history)
+                spans.append((start, time.time() if end is None else end))
 
     # -- teardown -----------------------------------------------------------------
 

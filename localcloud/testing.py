@@ -10,6 +10,7 @@
         nova = fast.nova("2.53")        # real novaclient on a real session
         fast.set_faults(outage=True)    # or {"outage": True}
         fast.stats()["calls"]["GET /compute/v2.1/servers/detail"]
+        fast.call_spans("GET /compute/v2.1/servers/detail")  # [(start, end)]
 
 ``local_clouds_subprocess`` does the same through ``devstack-localcloud run``
 and the admin endpoint.  Both give each cloud an address range picked at
@@ -119,6 +120,18 @@ class CloudHandle:
     def calls(self, key):
         """How often "METHOD /path/{template}" was called."""
         return self.stats()["calls"].get(key, 0)
+
+    def spans(self):
+        """{"METHOD /path/{template}": [(start, end), ...]} for every key
+        called since the last reset_stats (see ``call_spans``)."""
+        return self._backend.spans()
+
+    def call_spans(self, key):
+        """[(start, end), ...] of the newest calls of "METHOD
+        /path/{template}" (at most the cloud's span-history), in start
+        order: ``time.time()`` when the request reached the cloud (before
+        api-latency) and when its answer was ready.  [] if never called."""
+        return self._backend.spans(key).get(key, [])
 
     # clients, built only from the clouds.yaml values
     def session(self, **kwargs):
@@ -258,6 +271,29 @@ def _tail(path, lines=30):
             return "".join(f.readlines()[-lines:])
     except OSError:
         return ""
+
+
+# -- call spans ------------------------------------------------------------------------
+
+
+def max_overlap(spans):
+    """The most spans open at one instant: 1 for calls made one after
+    another, N for N calls that were all in flight together.  A span that
+    starts exactly when another ends does not overlap it."""
+    events = sorted([(end, -1) for _, end in spans] +
+                    [(start, 1) for start, _ in spans])
+    current = peak = 0
+    for _, step in events:          # at equal times ends (-1) come first
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def span_gaps(spans):
+    """Seconds from each span's end to the next one's start, in start
+    order (negative where they overlap): what a rate limit spaces apart."""
+    spans = sorted(spans)
+    return [b[0] - a[1] for a, b in zip(spans, spans[1:])]
 
 
 # -- waiting and leak checks ----------------------------------------------------------

@@ -19,6 +19,8 @@ LOG = logging.getLogger(__name__)
 
 #: Seconds a connection may stay idle before the handler gives up on it.
 HANDLER_TIMEOUT = 30
+#: Connections the kernel queues for a listener before it drops new ones.
+LISTEN_BACKLOG = 128
 
 
 class Request:
@@ -149,6 +151,10 @@ class HTTPServer(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a sixth simultaneous connect
+    # is dropped and the client's SYN retried a second later, which would
+    # serialize parallel clients.  Let the kernel queue a burst instead.
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address, dispatch):
         self.dispatch = dispatch

@@ -19,7 +19,7 @@ def parse(text_or_data, source="test.yaml"):
      "test.yaml: clouds[0].colour: unknown key; valid keys are "
      "address-range, domain, faults, flavors, floating-ips, images, "
      "max-page-size, name, network-name, password, port, project, region, "
-     "seed, ssh-port, ssh-users, username"),
+     "seed, span-history, ssh-port, ssh-users, username"),
     ({"clouds": [{"name": "a"}, {"name": "a"}]},
      "test.yaml: clouds: cloud name 'a' is used twice"),
     ({"clouds": [{"name": "a", "port": 70000}]},
