@@ -174,26 +174,14 @@ stop_child() {  # stop the command being waited for (timeout passes the signal t
     wait "$pid" 2>/dev/null || true
 }
 
-retry() {  # retry WHAT CLEAN_DIR CMD...: a network step with a timeout, retries and backoff
-    local what=$1 clean=$2 attempt=1 delay=2 rc
-    shift 2
-    while :; do
-        [[ -z "$clean" ]] || rm -rf "$clean"
-        rc=0
-        run timeout --kill-after=10 "$GATE_GIT_TIMEOUT" "$@" || rc=$?
-        ((rc != 0)) || return 0
-        local why="exit $rc"
-        ((rc != 124 && rc != 137)) || why="timed out after $GATE_GIT_TIMEOUT s"
-        if ((attempt >= GATE_GIT_RETRIES)); then
-            say "$what: failed ($why), giving up after $attempt attempt(s)"
-            return 1
-        fi
-        say "$what: failed ($why); attempt $((attempt + 1)) of $GATE_GIT_RETRIES in $delay s"
-        run sleep "$delay"
-        attempt=$((attempt + 1))
-        delay=$((delay * 2))
-    done
-}
+# retry WHAT CLEAN_DIR CMD...: a git network step under gate.git-timeout, gate.git-retries
+# attempts, 2 s before the first retry, doubling.  Each attempt and each wait runs through
+# `run`, so that a signal is handled at once.  (shellcheck -x follows the source.)
+# shellcheck source-path=SCRIPTDIR source=lib/retry.sh disable=SC1091
+source "$here/lib/retry.sh"
+retry_configure "$GATE_GIT_TIMEOUT" "$GATE_GIT_RETRIES" 2 || exit 2
+# shellcheck disable=SC2317  # called by retry
+retry_exec() { run "$@"; }
 
 fail_early() {  # fail_early MESSAGE: a failure before any node was fetched
     say "error: $1"

@@ -49,29 +49,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-retry() {
-    # retry WHAT COMMAND...: run with a timeout, again after a doubling backoff.
-    local what=$1 attempt=1 delay=$GIT_BACKOFF
-    shift
-    while true; do
-        if timeout "$GIT_TIMEOUT" "$@"; then
-            return 0
-        fi
-        if ((attempt >= GIT_RETRIES)); then
-            say "error: $what failed after $attempt attempts"
-            return 1
-        fi
-        say "$what failed (attempt $attempt of $GIT_RETRIES); retrying in ${delay}s"
-        sleep "$delay"
-        attempt=$((attempt + 1))
-        delay=$((delay * 2))
-    done
-}
+# retry WHAT CLEAN_DIR CMD...: every git network step.  (shellcheck -x follows the source.)
+# shellcheck source-path=SCRIPTDIR source=lib/retry.sh disable=SC1091
+source "$here/lib/retry.sh"
+retry_configure "$GIT_TIMEOUT" "$GIT_RETRIES" "$GIT_BACKOFF" || exit 2
 
 fresh_clone() {
     scratch=$(mktemp -d "$(dirname "$DEVSTACK_DIR")/.devstack-clone.XXXXXX")
-    retry "git clone $DEVSTACK_REPO" git clone --quiet --branch "$DEVSTACK_BRANCH" \
-        "$DEVSTACK_REPO" "$scratch/devstack"
+    retry "git clone $DEVSTACK_REPO" "$scratch/devstack" \
+        git clone --quiet --branch "$DEVSTACK_BRANCH" "$DEVSTACK_REPO" "$scratch/devstack"
     rm -rf "$DEVSTACK_DIR"
     mv "$scratch/devstack" "$DEVSTACK_DIR"
 }
@@ -88,7 +74,7 @@ update_devstack() {
     else
         say "updating devstack checkout $DEVSTACK_DIR ($DEVSTACK_BRANCH)"
         git -C "$DEVSTACK_DIR" remote set-url origin "$DEVSTACK_REPO"
-        if ! retry "git fetch $DEVSTACK_REPO" git -C "$DEVSTACK_DIR" fetch --quiet --prune origin \
+        if ! retry "git fetch $DEVSTACK_REPO" "" git -C "$DEVSTACK_DIR" fetch --quiet --prune origin \
                 "+refs/heads/$DEVSTACK_BRANCH:refs/remotes/origin/$DEVSTACK_BRANCH"; then
             return 1
         fi

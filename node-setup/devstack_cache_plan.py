@@ -4,8 +4,8 @@
 This file runs ON the template VM, where the devstack-gate package is not
 installed: it needs python3 (3.8 or later) and its standard library, plus git
 to read branches.  prepare-node.sh, beside it, calls it and runs the commands
-it emits.  On the Jenkins side ``devstackgate.devstack_cache`` loads this very
-file, so there is one source of truth for the plan logic.
+it emits.  It is the one source of truth for the plan logic; its tests load
+this very file.
 
 The plan, for a devstack checkout, a distribution codename, a list of branches
 and a list of projects (name and git URL or local path):

@@ -6,29 +6,47 @@ stable/folsom branch (keystone has master only).  prepare-node.sh runs as a
 real subprocess: dry, and for real for the git, pip (offline, against local
 wheels) and image (a loopback HTTP server) steps.  apt needs root and a
 mirror: its commands are checked in the dry run only.
+
+The planner's API is tested on node-setup/devstack_cache_plan.py itself, loaded
+from its file: the very file that prepare-node.sh runs on the template.
 """
 
 import functools
 import http.server
+import importlib.util
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import types
 import zipfile
 
 import pytest
 
-from devstackgate import devstack_cache
-from devstackgate.devstack_cache import PlanError, Project
+from devstackgate import image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, 'tests', 'fixtures', 'devstack')
 PREPARE_NODE = os.path.join(ROOT, 'node-setup', 'prepare-node.sh')
 PLANNER = os.path.join(ROOT, 'node-setup', 'devstack_cache_plan.py')
+
+
+def load_planner():
+    """node-setup/devstack_cache_plan.py as a module (it is not part of the package)."""
+    spec = importlib.util.spec_from_file_location('devstack_cache_plan', PLANNER)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module     # its dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+planner = load_planner()
+PlanError, Project = planner.PlanError, planner.Project
 STEP_LINE = re.compile(r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d prepare-node: (.*): ok in \d+\.\ds$')
 # Commands that must not run: each stub records its call and fails.  Never in these
 # tests (no root, no mirror): apt and anything through sudo; and in a dry run, nothing.
@@ -183,7 +201,7 @@ def tree_snapshot(root):
 # ---------------------------------------------------------------- the plan
 
 def test_plan_of_the_plain_fixture_tree():
-    plan = devstack_cache.compute_plan(os.path.join(FIXTURES, 'devstack'), 'jammy', ['master'],
+    plan = planner.compute_plan(os.path.join(FIXTURES, 'devstack'), 'jammy', ['master'],
                                        machine='x86_64')
     (master,) = plan.branches
     assert master.branch == 'master'
@@ -209,13 +227,13 @@ def test_plan_of_the_plain_fixture_tree():
                          'qemu-kvm', 'screen', 'sqlite3']),
 ])
 def test_dist_not_and_testonly_markers(distro, testonly, expected):
-    plan = devstack_cache.compute_plan(os.path.join(FIXTURES, 'devstack'), distro, ['master'],
+    plan = planner.compute_plan(os.path.join(FIXTURES, 'devstack'), distro, ['master'],
                                        include_testonly=testonly, machine='x86_64')
     assert list(plan.branches[0].debs) == expected
 
 
 def test_plan_of_two_branches_and_three_projects(src):
-    plan = devstack_cache.compute_plan(src['devstack'], 'jammy', BRANCHES, projects(src),
+    plan = planner.compute_plan(src['devstack'], 'jammy', BRANCHES, projects(src),
                                        variables={'CIRROS_ARCH': 'x86_64'})
     master, folsom = plan.branches
     assert list(master.debs) == MASTER_DEBS_JAMMY
@@ -231,7 +249,7 @@ def test_plan_of_two_branches_and_three_projects(src):
                                    'pbr>=0.5,<0.6', 'six', 'six>=1.4.1']),
         ('requirements', 'stable/folsom', [])]
     assert list(master.global_requirements) == GLOBAL
-    assert master.constraints == devstack_cache.ProjectFile('requirements', 'master',
+    assert master.constraints == planner.ProjectFile('requirements', 'master',
                                                             'upper-constraints.txt')
     assert folsom.constraints.ref == 'stable/folsom'
     assert (master.missing, folsom.missing) == ((), ('keystone',))
@@ -259,11 +277,11 @@ def test_stackrc_overrides_and_expansions():
         'IMAGE_URLS+=", http://h/x.qcow2 ,"  # spaces and empty entries are dropped',
         '    IMAGE_URLS+=",http://h/x.qcow2";;',
     ])
-    assert devstack_cache.parse_stackrc_images(text, 'stackrc') == [
+    assert planner.parse_stackrc_images(text, 'stackrc') == [
         'http://images.example.org/0.3.0/cirros-0.3.0-x86_64.img', 'http://h/x.qcow2']
-    assert devstack_cache.parse_stackrc_images(text, 'stackrc', {'CIRROS_VERSION': '0.4.0'}) == [
+    assert planner.parse_stackrc_images(text, 'stackrc', {'CIRROS_VERSION': '0.4.0'}) == [
         'http://images.example.org/0.4.0/cirros-0.4.0-x86_64.img', 'http://h/x.qcow2']
-    assert devstack_cache.parse_stackrc_images(text, 'stackrc', {'IMAGE_URLS': 'http://a/b'}) == [
+    assert planner.parse_stackrc_images(text, 'stackrc', {'IMAGE_URLS': 'http://a/b'}) == [
         'http://a/b', 'http://h/x.qcow2']
 
 
@@ -282,7 +300,7 @@ def test_requirements_parsing():
             '--requirement=base.txt\n'
             '-c constraints.txt\n'
             'git+https://example.org/lib.git#egg=lib\n')
-    lines, notes = devstack_cache.parse_requirements(text, 'reqs.txt', include)
+    lines, notes = planner.parse_requirements(text, 'reqs.txt', include)
     assert lines == ['pbr>=1.6', 'requests>=2.0,!=2.1', 'six',
                      'git+https://example.org/lib.git#egg=lib']
     assert notes == ["reqs.txt:8: skipped option '-c constraints.txt'"]
@@ -294,7 +312,7 @@ def test_projects_file():
             'https://git.openstack.org/openstack/keystone.git   # name from the URL\n'
             'openstack/swift=git@github.com:openstack/swift.git\n'
             'local=../repos/local\n')
-    located = devstack_cache.parse_projects_file(text, 'projects.txt', '/base/dir')
+    located = planner.parse_projects_file(text, 'projects.txt', '/base/dir')
     assert located == [
         (Project('nova', 'https://git.openstack.org/openstack/nova'), 'projects.txt:2'),
         (Project('keystone', 'https://git.openstack.org/openstack/keystone.git'),
@@ -306,11 +324,11 @@ def test_projects_file():
 
 def test_render_commands_in_process(src, tmp_path):
     """The command list as argument lists: no shell string anywhere."""
-    plan = devstack_cache.compute_plan(src['devstack'], 'jammy', ['master'],
+    plan = planner.compute_plan(src['devstack'], 'jammy', ['master'],
                                        projects(src, ('nova',)),
                                        variables={'CIRROS_ARCH': 'x86_64'})
     git_cache, pip_cache = str(tmp_path / 'git'), str(tmp_path / 'pip')
-    commands = devstack_cache.render_commands(plan, git_cache, pip_cache,
+    commands = planner.render_commands(plan, git_cache, pip_cache,
                                               steps=('git', 'pip'), python='python3')
     assert [(c.argv, c.network) for c in commands] == [
         (('mkdir', '-p', git_cache), False),
@@ -325,11 +343,11 @@ def test_render_commands_in_process(src, tmp_path):
 
 def test_url_passwords_are_never_printed(src, tmp_path):
     url = 'https://ci:s3cret@git.example.org/openstack/nova'
-    plan = devstack_cache.compute_plan(src['devstack'], 'jammy', ['master'],
+    plan = planner.compute_plan(src['devstack'], 'jammy', ['master'],
                                        [Project('nova', url)], machine='x86_64')
     assert plan.notes == ('nova is read after it is cloned from '
                           'https://ci:***@git.example.org/openstack/nova',)
-    (clone,) = devstack_cache.fetch_commands(plan, str(tmp_path), 'pip', steps=('git',))
+    (clone,) = planner.fetch_commands(plan, str(tmp_path), 'pip', steps=('git',))
     assert clone.argv == ('git', 'clone', url, str(tmp_path / 'nova'))
     assert clone.shell() == ("git clone 'https://ci:***@git.example.org/openstack/nova' %s"
                              % (tmp_path / 'nova'))
@@ -346,11 +364,11 @@ def test_url_passwords_are_never_printed(src, tmp_path):
 def test_a_cache_dir_we_cannot_create_is_made_with_sudo_for_us(src, tmp_path, monkeypatch):
     import grp
     import pwd
-    plan = devstack_cache.compute_plan(src['devstack'], 'jammy', ['master'],
+    plan = planner.compute_plan(src['devstack'], 'jammy', ['master'],
                                        projects(src, ('nova',)), machine='x86_64')
-    monkeypatch.setattr(devstack_cache.planner.os, 'access', lambda path, mode: False)
+    monkeypatch.setattr(planner.os, 'access', lambda path, mode: False)
     pip_cache = str(tmp_path / 'var' / 'cache' / 'pip')
-    commands = devstack_cache.fetch_commands(plan, str(tmp_path / 'git'), pip_cache,
+    commands = planner.fetch_commands(plan, str(tmp_path / 'git'), pip_cache,
                                              steps=('pip',), sudo=('sudo', '-n'))
     owner = (pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name)
     assert [c.argv for c in commands] == [
@@ -394,7 +412,7 @@ def test_malformed_devstack_tree(tmp_path, relpath, content, expected):
         with open(path, 'w') as f:
             f.write(content)
     with pytest.raises(PlanError) as e:
-        devstack_cache.compute_plan(d, 'jammy', ['master'], machine='x86_64')
+        planner.compute_plan(d, 'jammy', ['master'], machine='x86_64')
     assert str(e.value) == expected.replace('{d}', d)
     assert e.value.exit_code == 2
 
@@ -402,38 +420,38 @@ def test_malformed_devstack_tree(tmp_path, relpath, content, expected):
 def test_uname_needs_a_machine_or_a_var():
     d = os.path.join(FIXTURES, 'devstack')
     with pytest.raises(PlanError) as e:
-        devstack_cache.compute_plan(d, 'jammy', ['master'])
+        planner.compute_plan(d, 'jammy', ['master'])
     assert str(e.value) == ('%s/stackrc:28: cannot evaluate IMAGE_URLS: CIRROS_ARCH comes from '
                             '$(uname -m) (pass --var CIRROS_ARCH=VALUE)' % d)
-    plan = devstack_cache.compute_plan(d, 'jammy', ['master'], variables={'CIRROS_ARCH': 'arm'})
+    plan = planner.compute_plan(d, 'jammy', ['master'], variables={'CIRROS_ARCH': 'arm'})
     assert plan.images[1] == CIRROS + '0.3.0/cirros-0.3.0-arm-rootfs.img.gz'
 
 
 def test_tree_and_branch_errors(src, tmp_path):
     plain = os.path.join(FIXTURES, 'devstack')
     cases = [
-        (lambda: devstack_cache.compute_plan(str(tmp_path / 'nope'), 'jammy', ['master']),
+        (lambda: planner.compute_plan(str(tmp_path / 'nope'), 'jammy', ['master']),
          '%s: no such devstack checkout' % (tmp_path / 'nope')),
-        (lambda: devstack_cache.compute_plan(plain, 'jammy', BRANCHES),
+        (lambda: planner.compute_plan(plain, 'jammy', BRANCHES),
          '%s is not a git checkout, so it holds one branch, not 2 (master, stable/folsom)'
          % plain),
-        (lambda: devstack_cache.compute_plan(src['devstack'], 'jammy', ['stable/grizzly']),
+        (lambda: planner.compute_plan(src['devstack'], 'jammy', ['stable/grizzly']),
          '%s: no branch stable/grizzly (tried origin/stable/grizzly and stable/grizzly)'
          % src['devstack']),
-        (lambda: devstack_cache.compute_plan(src['devstack'], 'jammy', ['master', '-x']),
+        (lambda: planner.compute_plan(src['devstack'], 'jammy', ['master', '-x']),
          "'-x' is not a usable branch name"),
-        (lambda: devstack_cache.compute_plan(src['devstack'], 'jammy', ['master'],
+        (lambda: planner.compute_plan(src['devstack'], 'jammy', ['master'],
                                              [Project('gone', str(tmp_path / 'gone'))],
                                              machine='x86_64'),
          'project gone: %s does not exist' % (tmp_path / 'gone')),
-        (lambda: devstack_cache.render_commands(None, 'g', 'p', steps=('debs',)),
+        (lambda: planner.render_commands(None, 'g', 'p', steps=('debs',)),
          "unknown step 'debs'; valid steps are: apt, git, pip, images"),
-        (lambda: devstack_cache.parse_projects_file('nova /a /b\n', 'projects.txt', '/'),
+        (lambda: planner.parse_projects_file('nova /a /b\n', 'projects.txt', '/'),
          "projects.txt:1: expected SOURCE, NAME=SOURCE or NAME SOURCE, got 'nova /a /b'"),
-        (lambda: devstack_cache.planner.unique_projects(
-            devstack_cache.parse_projects_file('/r/nova\nnova=/s/nova\n', 'projects.txt', '/')),
+        (lambda: planner.unique_projects(
+            planner.parse_projects_file('/r/nova\nnova=/s/nova\n', 'projects.txt', '/')),
          "projects.txt:2: project 'nova' is already given at projects.txt:1"),
-        (lambda: devstack_cache.parse_project('a/../b=/x', '/', '--project a/../b=/x'),
+        (lambda: planner.parse_project('a/../b=/x', '/', '--project a/../b=/x'),
          "--project a/../b=/x: 'a/../b' is not a usable project name"),
     ]
     for call, expected in cases:
@@ -456,22 +474,22 @@ def test_a_bad_file_on_a_branch_is_named_with_its_ref(src, tmp_path):
         f.write('-r missing.txt\n')
     commit_all(nova, 'broken')
     with pytest.raises(PlanError) as e:
-        devstack_cache.compute_plan(repo, 'jammy', BRANCHES, machine='x86_64')
+        planner.compute_plan(repo, 'jammy', BRANCHES, machine='x86_64')
     assert str(e.value) == ('%s/files/debs/general@stable/folsom:3: "dist:" names no '
                             'distribution' % repo)
     with pytest.raises(PlanError) as e:
-        devstack_cache.compute_plan(repo, 'jammy', ['master'], [Project('nova', nova)],
+        planner.compute_plan(repo, 'jammy', ['master'], [Project('nova', nova)],
                                     machine='x86_64')
     assert str(e.value) == '%s/requirements.txt@master:9: -r missing.txt: no such file' % nova
 
 
 def test_an_unknown_directory_in_the_git_cache_is_not_overwritten(src, tmp_path):
     (tmp_path / 'git' / 'nova').mkdir(parents=True)
-    plan = devstack_cache.compute_plan(src['devstack'], 'jammy', ['master'],
+    plan = planner.compute_plan(src['devstack'], 'jammy', ['master'],
                                        projects(src, ('nova',)), str(tmp_path / 'git'),
                                        machine='x86_64')
     with pytest.raises(PlanError) as e:
-        devstack_cache.fetch_commands(plan, str(tmp_path / 'git'), str(tmp_path / 'pip'))
+        planner.fetch_commands(plan, str(tmp_path / 'git'), str(tmp_path / 'pip'))
     assert str(e.value) == ('%s exists and is not a git clone: remove it or choose another '
                             'git cache' % (tmp_path / 'git' / 'nova'))
 
@@ -763,12 +781,6 @@ def test_shellcheck_is_clean():
 
 # ---------------------------------------------------------------- one source of truth
 
-def test_the_package_uses_the_file_the_template_runs():
-    assert os.path.samefile(devstack_cache.planner.__file__, PLANNER)
-    assert devstack_cache.compute_plan is devstack_cache.planner.compute_plan
-    assert devstack_cache.PREPARE_NODE == PREPARE_NODE
-
-
 def test_the_planner_needs_only_the_standard_library(tmp_path):
     # -I -S: no site-packages, no user site, no PYTHONPATH; what the template has.
     proc = subprocess.run(
@@ -782,15 +794,35 @@ def test_the_planner_needs_only_the_standard_library(tmp_path):
         'apt-get install --assume-yes --download-only ' + ' '.join(MASTER_DEBS_JAMMY)]
 
 
-def test_prepare_node_argv_for_the_image_build():
-    argv = devstack_cache.prepare_node_argv(
-        'node-setup', branches=('master', 'stable/folsom'),
-        projects=[Project('nova', 'https://git.openstack.org/openstack/nova'),
-                  'requirements=https://git.openstack.org/openstack/requirements'],
-        git_cache='/opt/git', variables={'CIRROS_ARCH': 'x86_64'})
-    assert argv == [
-        'bash', 'node-setup/prepare-node.sh', '--devstack', 'devstack',
-        '--branches', 'master,stable/folsom',
-        '--project', 'nova=https://git.openstack.org/openstack/nova',
-        '--project', 'requirements=https://git.openstack.org/openstack/requirements',
-        '--git-cache', '/opt/git', '--var', 'CIRROS_ARCH=x86_64']
+def test_a_setup_line_runs_as_the_image_build_runs_it_and_its_tilde_is_expanded(src, tmp_path):
+    """The image build copies node-setup/ to the template and runs a `setup:` line's words
+    quoted, from the login directory: a `~` in the line reaches prepare-node.sh as written."""
+    home = tmp_path / 'home'
+    shutil.copytree(os.path.join(ROOT, 'node-setup'), home / image.REMOTE_NODE_SETUP_DIR)
+    shutil.copytree(os.path.join(FIXTURES, 'devstack'), home / 'devstack')
+    shutil.copytree(src['nova'], home / 'repos' / 'nova')
+    entry = ('prepare-node.sh --devstack ~/devstack --project nova=~/repos/nova '
+             '--git-cache ~/cache/git --pip-cache ~/cache/pip --dist jammy '
+             '--var CIRROS_ARCH=x86_64 --steps git,images --dry-run')
+    config = types.SimpleNamespace(path=str(tmp_path / 'devstack-gate.yaml'))
+    script, args = image.resolve_setup(config, entry)
+    assert script == PREPARE_NODE
+    remote = '%s/%s' % (image.REMOTE_NODE_SETUP_DIR, os.path.basename(script))
+    command = ' '.join(shlex.quote(w) for w in ['bash', remote] + args
+                       + ['--python', sys.executable])
+    assert "'~/devstack'" in command
+    env, calls = prepare_node_env(tmp_path, NEVER_IN_DRY_RUN, {'HOME': str(home)})
+    proc = subprocess.run(['bash', '-c', command], cwd=str(home), env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=60)
+    check_leftovers(tmp_path, calls)
+    assert proc.returncode == 0, proc.stderr
+    files = '%s/devstack/files/' % home
+    downloads = []
+    for url in MASTER_IMAGES[:4]:
+        name = url.rsplit('/', 1)[1]
+        downloads += ['curl --fail --silent --show-error --location --output %s%s.part %s'
+                      % (files, name, url),
+                      'mv -f %s%s.part %s%s' % (files, name, files, name)]
+    assert proc.stdout.splitlines() == ['mkdir -p %s/cache/git' % home] + downloads + [
+        'git clone %s/repos/nova %s/cache/git/nova' % (home, home),
+        'git -C %s/cache/git/nova checkout --quiet --force -B master origin/master' % home]

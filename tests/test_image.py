@@ -243,8 +243,10 @@ def test_update_image_sh_handles_missing_present_and_broken_checkouts(built, tmp
     env['DEVSTACK_GATE_DEVSTACK_REPO'] = str(tmp_path / 'nowhere')
     proc = run_sh()                                   # origin gone: retried, then a clear error
     assert proc.returncode == 1
-    assert 'failed (attempt 1 of 2)' in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].endswith('failed after 2 attempts')
+    assert 'git fetch %s: failed (exit 128); attempt 2 of 2 in ' % env[
+        'DEVSTACK_GATE_DEVSTACK_REPO'] in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(': failed (exit 128), giving up after '
+                                                         '2 attempt(s)')
     assert built.db.transact(lambda s: s.images()) == []
     assert not list((tmp_path / 'ds').glob('.devstack-clone.*'))
 
