@@ -25,6 +25,7 @@ node is handed to at most one caller under any concurrency on both backends.
 
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import sqlite3
@@ -33,6 +34,8 @@ import urllib.parse
 import uuid
 
 from devstackgate.errors import DatabaseBusy, DatabaseError
+
+log = logging.getLogger('state')
 
 PASSWORD_ENV = 'DEVSTACK_GATE_DB_PASSWORD'
 OPTION_FILE_ENV = 'DEVSTACK_GATE_DB_OPTION_FILE'
@@ -44,6 +47,7 @@ RESULTS = ('running', 'success', 'failure', 'timeout', 'aborted')
 # MySQL error numbers that mean "try the transaction again".
 _MYSQL_LOCK_WAIT_TIMEOUT = 1205
 _MYSQL_DEADLOCK = 1213
+_MYSQL_NO_SUCH_TABLE = 1146
 
 # Each entry upgrades the schema from the previous version.  Statements are
 # written once for both backends; {pk} and {text} are filled per backend.
@@ -143,10 +147,6 @@ class Node:
     claimed_by: str
     claim_token: str
     fail_reason: str
-
-    def age(self, now=None):
-        """Seconds since the node entered its current state."""
-        return (now or time.time()) - self.state_time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +265,7 @@ class Session:
         self._db = db
         self._conn = conn
         self._cur = conn.cursor()
+        self.transitions = []       # logged once the transaction commits
 
     # -- plumbing ---------------------------------------------------------
     def _execute(self, sql, params=()):
@@ -284,17 +285,47 @@ class Session:
             table, ', '.join(cols), ', '.join('?' for _ in cols))
         return self._execute(sql, [values[c] for c in cols]).lastrowid
 
-    def _update(self, cls, row_id, values):
+    def _update(self, cls, row_id, values, expect_state=None):
+        """UPDATE one row by id (and, given expect_state, only while in that state);
+        returns whether a row matched."""
         allowed = set(_columns(cls)) - {'id'}
         bad = set(values) - allowed
         if bad:
             raise ValueError('unknown %s column(s): %s' % (_TABLES[cls], ', '.join(sorted(bad))))
         if not values:
-            return
+            return True
         cols = sorted(values)
         sql = 'UPDATE %s SET %s WHERE id = ?' % (
             _TABLES[cls], ', '.join('%s = ?' % c for c in cols))
-        self._execute(sql, [values[c] for c in cols] + [row_id])
+        params = [values[c] for c in cols] + [row_id]
+        if expect_state is not None:
+            sql += ' AND state = ?'
+            params.append(expect_state)
+        return self._execute(sql, params).rowcount == 1
+
+    def transition(self, row, to_state, now=None, **fields):
+        """Move a node or image row from the state it was read in to `to_state`.
+
+        One conditional UPDATE: it happens only if the row is still in
+        ``row.state`` (a concurrent claim, reap or gate finish is never
+        overwritten).  `fields` are set with it.  Returns True if it happened;
+        the transition is logged once the transaction commits, as
+        "<provider> <label> <name>: building -> ready after 312 s".
+        """
+        cls = type(row)
+        states = NODE_STATES if cls is Node else IMAGE_STATES
+        if to_state not in states:
+            raise ValueError('unknown %s state %r' % (_TABLES[cls][:-1], to_state))
+        now = time.time() if now is None else now
+        values = dict(fields, state=to_state, state_time=now)
+        if not self._update(cls, row.id, values, expect_state=row.state):
+            return False
+        self.transitions.append((row, to_state, now, fields.get('fail_reason')))
+        return True
+
+    def _no_state(self, fields):
+        if 'state' in fields:
+            raise ValueError('a state changes only through Session.transition()')
 
     @staticmethod
     def _filters(**fields):
@@ -333,29 +364,9 @@ class Session:
         return self._select(Node, where, params, order=order)
 
     def update_node(self, node_id, **fields):
-        """Change columns of a node; a new state also moves state_time."""
-        if 'state' in fields:
-            if fields['state'] not in NODE_STATES:
-                raise ValueError('unknown node state %r' % fields['state'])
-            fields.setdefault('state_time', time.time())
+        """Change columns of a node other than its state (see transition())."""
+        self._no_state(fields)
         self._update(Node, node_id, fields)
-
-    def update_node_if(self, node_id, expect_state, **fields):
-        """Change a node only if it is still in expect_state; True if it was.
-
-        One conditional UPDATE, so a concurrent writer (the reaper marking a
-        node delete, a job claiming it) is never overwritten.
-        """
-        if 'state' in fields:
-            if fields['state'] not in NODE_STATES:
-                raise ValueError('unknown node state %r' % fields['state'])
-            fields.setdefault('state_time', time.time())
-        bad = set(fields) - (set(_columns(Node)) - {'id'})
-        if bad or not fields:
-            raise ValueError('bad node column(s): %s' % ', '.join(sorted(bad)) or 'none')
-        cols = sorted(fields)
-        sql = 'UPDATE nodes SET %s WHERE id = ? AND state = ?' % ', '.join('%s = ?' % c for c in cols)
-        return self._execute(sql, [fields[c] for c in cols] + [node_id, expect_state]).rowcount == 1
 
     def delete_node(self, node_id):
         """Remove the row (only once the server is really gone from the cloud)."""
@@ -388,10 +399,8 @@ class Session:
         return self._select(Image, where, params, order=order)
 
     def update_image(self, image_id, **fields):
-        if 'state' in fields:
-            if fields['state'] not in IMAGE_STATES:
-                raise ValueError('unknown image state %r' % fields['state'])
-            fields.setdefault('state_time', time.time())
+        """Change columns of an image other than its state (see transition())."""
+        self._no_state(fields)
         self._update(Image, image_id, fields)
 
     def delete_image(self, image_id):
@@ -450,24 +459,26 @@ class Session:
         where, params = self._filters(provider=provider, kind=kind)
         return self._select(Leak, where, params)
 
-    def forget_leak(self, leak_id):
-        self._execute('DELETE FROM leaks WHERE id = ?', [leak_id])
-
 
 class Database:
-    """A connection factory for one database URL, with schema upgrades on open."""
+    """A connection factory for one database URL.
 
-    def __init__(self, url, lock_timeout=30.0, retries=5, environ=None, upgrade=True):
+    Opening one touches nothing: the schema is created or upgraded only by an
+    explicit :meth:`upgrade` (the stages that write call it first; fetch and
+    dry runs never do).  ``read_only=True`` opens SQLite read-only (a missing
+    file stays missing) and MySQL sessions as read-only transactions.
+    """
+
+    def __init__(self, url, lock_timeout=30.0, retries=5, environ=None, read_only=False):
         self.url = parse_url(url) if isinstance(url, str) else url
         self.lock_timeout = float(lock_timeout)
         self.retries = int(retries)
+        self.read_only = read_only
         self._environ = os.environ if environ is None else environ
         if self.url.backend == 'sqlite':
             self.sql = lambda s: s
         else:
             self.sql = lambda s: s.replace('?', '%s')
-        if upgrade and self._stored_version() != schema_version():
-            self._retrying(self.upgrade)
 
     @classmethod
     def from_config(cls, config, **kwargs):
@@ -484,14 +495,21 @@ class Database:
         return self._connect_mysql()
 
     def _connect_sqlite(self):
-        directory = os.path.dirname(self.url.path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
+        if self.read_only:
+            if not os.path.exists(self.url.path):
+                raise DatabaseError('database %s does not exist' % self.url)
+            target, uri = 'file:%s?mode=ro' % urllib.parse.quote(self.url.path), True
+        else:
+            directory = os.path.dirname(self.url.path)
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+            target, uri = self.url.path, False
         try:
-            conn = sqlite3.connect(self.url.path, timeout=self.lock_timeout,
-                                   isolation_level=None)
+            conn = sqlite3.connect(target, timeout=self.lock_timeout, isolation_level=None,
+                                   uri=uri)
             conn.execute('PRAGMA busy_timeout=%d' % int(self.lock_timeout * 1000))
-            conn.execute('PRAGMA journal_mode=WAL')
+            if not self.read_only:
+                conn.execute('PRAGMA journal_mode=WAL')
         except sqlite3.OperationalError as e:
             raise self._translate(e)
         return conn
@@ -519,6 +537,8 @@ class Database:
             cur.execute('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
             cur.execute('SET SESSION innodb_lock_wait_timeout = %d'
                         % max(1, int(self.lock_timeout)))
+            if self.read_only:
+                cur.execute('SET SESSION TRANSACTION READ ONLY')
             cur.close()
         except mysql.connector.Error as e:
             raise DatabaseError('cannot connect to %s: %s' % (self.url, _mysql_message(e)))
@@ -529,13 +549,22 @@ class Database:
         if isinstance(exc, sqlite3.OperationalError):
             if 'locked' in str(exc) or 'busy' in str(exc):
                 return DatabaseBusy('database %s is busy: %s' % (self.url, exc))
+            if 'no such table' in str(exc):
+                return self._no_schema()
             return DatabaseError('database %s: %s' % (self.url, exc))
         if isinstance(exc, sqlite3.Error):
             return DatabaseError('database %s: %s' % (self.url, exc))
         errno = getattr(exc, 'errno', None)
         if errno in (_MYSQL_LOCK_WAIT_TIMEOUT, _MYSQL_DEADLOCK):
             return DatabaseBusy('database %s is busy: %s' % (self.url, _mysql_message(exc)))
+        if errno == _MYSQL_NO_SUCH_TABLE:
+            return self._no_schema()
         return DatabaseError('database %s: %s' % (self.url, _mysql_message(exc)))
+
+    def _no_schema(self):
+        return DatabaseError('database %s has no devstack-gate schema yet; the stages that write '
+                             '(devstack-vm-launch.py, devstack-vm-update-image.py, '
+                             'devstack-vm-reap.py) create it' % self.url)
 
     def _driver_errors(self):
         if self.url.backend == 'sqlite':
@@ -555,13 +584,15 @@ class Database:
         try:
             try:
                 if self.url.backend == 'sqlite':
-                    conn.execute('BEGIN IMMEDIATE')
+                    conn.execute('BEGIN' if self.read_only else 'BEGIN IMMEDIATE')
                 session = Session(self, conn)
             except errors as e:
                 raise self._translate(e)
             try:
                 yield session
                 conn.commit()
+                for row, to_state, when, reason in session.transitions:
+                    _log_transition(row, to_state, when, reason)
             except errors as e:
                 _quiet_rollback(conn)
                 raise self._translate(e)
@@ -612,11 +643,19 @@ class Database:
             _quiet_close(conn)
 
     def upgrade(self):
-        """Bring the schema up to this code's version, in place.
+        """Create the schema, or bring it up to this code's version, in place.
 
-        Concurrent openers serialise on a lock (SQLite's write lock, or a
-        MySQL named lock) so a migration runs once.
+        An up-to-date schema costs one plain read.  Otherwise concurrent
+        upgraders serialise on a lock (SQLite's write lock, or a MySQL named
+        lock) so a migration runs once.
         """
+        if self.read_only:
+            raise DatabaseError('database %s is open read-only; not upgrading it' % self.url)
+        if self._stored_version() != schema_version():
+            self._retrying(self._upgrade)
+        return self
+
+    def _upgrade(self):
         conn = self._connect()
         errors = self._driver_errors()
         try:
@@ -703,6 +742,12 @@ class Database:
             return node, row
 
         return self.transact(claim)
+
+
+def _log_transition(row, to_state, when, reason):
+    name = row.name or '%s-%d' % (type(row).__name__.lower(), row.id)
+    log.info('%s %s %s: %s -> %s after %.0f s%s', row.provider, row.label, name, row.state,
+             to_state, when - row.state_time, ' (%s)' % reason if reason else '')
 
 
 def _mysql_message(exc):

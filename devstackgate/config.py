@@ -119,22 +119,30 @@ GLOBAL_KEYS = {
     'providers': Key('list'),
 }
 
-PROVIDER_KEYS = {
-    'name': Key('name'),
+# The keys of one provider kind, beside the common ones; a new kind adds its table here
+# and its driver to devstackgate.cloud.DRIVERS.
+OPENSTACK_KEYS = {
     'cloud': Key('str', doc='entry of clouds.yaml holding the credentials'),
     'region': Key('str', None),
+    'compute-api-version': Key('str', '2.1', doc='Nova microversion to request'),
+    'ip-type': Key('str', 'any', choices=('fixed', 'floating', 'any'),
+                   doc='which server address to use; any prefers floating'),
+    'keypair': Key('name', None, doc='keypair name in the cloud; default PREFIX-PROVIDER'),
+}
+KIND_KEYS = {'openstack': OPENSTACK_KEYS}
+
+PROVIDER_KEYS = {
+    'name': Key('name'),
+    'kind': Key('str', 'openstack', choices=tuple(KIND_KEYS),
+                doc='the driver; its own keys are listed below'),
     'max-servers': Key('int', 10, minimum=0),
     'boot-timeout': Key('number', 600, minimum=1),
-    'api-rate': Key('number', 1.0, minimum=0, doc='seconds between API calls'),
+    'api-rate': Key('number', 1.0, minimum=0, doc='seconds between the starts of API calls'),
     'api-timeout': Key('number', 120, minimum=1,
                        doc='seconds one API call may take, retries included'),
     'api-retries': Key('int', 6, minimum=1, doc='attempts of one API call on 5xx/429/connection'),
     'api-backoff': Key('number', 1.0, minimum=0, doc='first retry delay; doubles each attempt'),
-    'compute-api-version': Key('str', '2.1', doc='Nova microversion to request'),
-    'ip-type': Key('str', 'any', choices=('fixed', 'floating', 'any'),
-                   doc='which server address to use; any prefers floating'),
     'ssh-port': Key('int', 22, minimum=1),
-    'keypair': Key('name', None, doc='keypair name in the cloud; default PREFIX-PROVIDER'),
     'images': Key('list'),
 }
 
@@ -184,21 +192,30 @@ class ImageConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ProviderConfig:
-    name: str
+class OpenStackSettings:
     cloud: str
     region: str
+    compute_api_version: str
+    ip_type: str
+    keypair: str
+
+
+KIND_SETTINGS = {'openstack': OpenStackSettings}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    kind: str
     max_servers: int
     boot_timeout: float
     api_rate: float
     api_timeout: float
     api_retries: int
     api_backoff: float
-    compute_api_version: str
-    ip_type: str
     ssh_port: int
-    keypair: str
     images: tuple
+    settings: object        # the kind's own settings (OpenStackSettings, ...)
 
     def image(self, label):
         for image in self.images:
@@ -315,7 +332,10 @@ def validate(data, path, check_clouds=True, environ=None):
         if not isinstance(pdata, dict):
             errors.append('%s: %s: expected a mapping, got %s' % (path, where, _typename(pdata)))
             continue
-        p = _section(pdata, PROVIDER_KEYS, where + '.', path, errors)
+        # An unknown kind is reported once, not again as every key of a known kind.
+        kind_keys = KIND_KEYS.get(pdata.get('kind', PROVIDER_KEYS['kind'].default)) or {
+            k: v for table in KIND_KEYS.values() for k, v in table.items()}
+        p = _section(pdata, dict(PROVIDER_KEYS, **kind_keys), where + '.', path, errors)
         if p.get('name') in seen:
             errors.append('%s: %s.name: duplicate provider name %r' % (path, where, p['name']))
         seen.add(p.get('name'))
@@ -351,12 +371,17 @@ def validate(data, path, check_clouds=True, environ=None):
         raise ConfigError(errors)
     return _build(Config, top, GLOBAL_KEYS, path=path, gate=_build(GateConfig, gate, GATE_KEYS),
                   ssh_private_key=os.path.expanduser(top['ssh-private-key']),
-                  providers=tuple(
-                      _build(ProviderConfig, p, PROVIDER_KEYS,
-                             keypair=p['keypair'] or '%s-%s' % (top['node-prefix'], p['name']),
-                             images=tuple(_build(ImageConfig, im, IMAGE_KEYS)
-                                          for im in p['images']))
-                      for p in providers))
+                  providers=tuple(_build_provider(p, top) for p in providers))
+
+
+def _build_provider(p, top):
+    kind = p['kind']
+    values = dict(p)
+    if kind == 'openstack':
+        values['keypair'] = p['keypair'] or '%s-%s' % (top['node-prefix'], p['name'])
+    return _build(ProviderConfig, p, PROVIDER_KEYS,
+                  settings=_build(KIND_SETTINGS[kind], values, KIND_KEYS[kind]),
+                  images=tuple(_build(ImageConfig, im, IMAGE_KEYS) for im in p['images']))
 
 
 def _build(cls, values, table, **override):
@@ -472,7 +497,7 @@ def cloud_names(environ=None):
 def _check_clouds(providers, path, errors, environ):
     cpath, names = cloud_names(environ)
     for i, p in enumerate(providers):
-        cloud = p.get('cloud')
+        cloud = p.get('cloud') if p.get('kind') == 'openstack' else None
         if not cloud or cloud in names:
             continue
         if cpath is None:
@@ -493,6 +518,8 @@ def reference():
     out = []
     for title, prefix, table in (('Top level', '', GLOBAL_KEYS),
                                  ('providers[]', 'providers[].', PROVIDER_KEYS),
+                                 *(('providers[] of kind %s' % kind, 'providers[].', table)
+                                   for kind, table in KIND_KEYS.items()),
                                  ('providers[].images[]', 'providers[].images[].', IMAGE_KEYS),
                                  ('gate', 'gate.', GATE_KEYS)):
         out.append('``%s``' % title)

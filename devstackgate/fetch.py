@@ -12,6 +12,7 @@ import sys
 import time
 
 import vmdatabase
+from devstackgate import wait
 from devstackgate.errors import NoNodeAvailable, UsageError
 
 log = logging.getLogger('fetch')
@@ -51,8 +52,8 @@ def shell_lines(node, ssh_port, result):
     return ['%s=%s' % (k, shlex.quote('' if v is None else str(v))) for k, v in values]
 
 
-def fetch(config, label, providers=None, wait=0.0, db=None, environ=None,
-          clock=time.monotonic):
+def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
+          clock=time.monotonic, sleep=time.sleep):
     """Claim a node; returns (node, result).  Raises UsageError or NoNodeAvailable."""
     environ = os.environ if environ is None else environ
     labels = config.labels()
@@ -66,21 +67,21 @@ def fetch(config, label, providers=None, wait=0.0, db=None, environ=None,
                              % (', '.join(unknown), label, ', '.join(offering)))
     db = db or vmdatabase.Database.from_config(config)
     claimed_by, result = job_identity(environ)
-    deadline = clock() + wait
-    while True:
-        node, row = db.claim_node(label, claimed_by, providers=providers, result=result)
-        if node is not None:
-            return node, row
-        if clock() >= deadline:
-            break
-        time.sleep(min(config.fetch_poll, max(0.0, deadline - clock())))
+    try:
+        for _ in wait.iterate(clock() + wait_for, config.fetch_poll, 'a ready %s node' % label,
+                              clock=clock, sleep=sleep):
+            node, row = db.claim_node(label, claimed_by, providers=providers, result=result)
+            if node is not None:
+                return node, row
+    except wait.Timeout:
+        pass
     counts = db.transact(lambda s: s.node_counts(label))
     by_provider = {}
     for (provider, state), n in sorted(counts.items()):
         by_provider.setdefault(provider, []).append('%s %d' % (state, n))
     detail = '; '.join('%s: %s' % (p, ', '.join(v)) for p, v in by_provider.items()) or 'no nodes'
     raise NoNodeAvailable('no ready node of label %r%s after waiting %g s (%s)'
-                          % (label, ' on ' + ', '.join(providers) if providers else '', wait,
+                          % (label, ' on ' + ', '.join(providers) if providers else '', wait_for,
                              detail))
 
 

@@ -159,7 +159,7 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
         # Conditional updates: the reaper may take a node that ran past
         # max-used-hours at this very moment; its decision stands.
         if result in DELETE_RESULTS:
-            if not s.update_node_if(node.id, 'used', state='delete', state_time=now):
+            if not s.transition(node, 'delete', now=now):
                 return node, row, None, None
             return node, row, 'delete', None
         job = (row and row.job_name) or identity['job_name']
@@ -168,7 +168,7 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
         hold = dict(hold_until=now + config.hold_hours * 3600,
                     held_by=node.claimed_by or claimed_by,
                     hold_reason=hold_reason(result, change, job, build, detail))
-        if not s.update_node_if(node.id, 'used', state='hold', state_time=now, **hold):
+        if not s.transition(node, 'hold', now=now, **hold):
             return node, row, None, None
         return node, row, 'hold', hold
 
@@ -198,13 +198,16 @@ def _delete_server(config, node, connect, environ):
         return False, 'no server id recorded; the reaper will finish the delete'
     try:
         if connect is None:
-            from devstackgate import cloud     # the cloud clients, only when deleting
+            from devstackgate import cloud     # a driver, only when deleting
             connect = cloud.connect
         adapter = connect(config.provider(node.provider), environ=environ)
-        accepted = adapter.delete_server(node.external_id)
-    except Exception as e:    # best effort: a gate result never waits on a cloud
-        reason = getattr(e, 'reason', type(e).__name__)
+    except Exception as e:      # no credentials on this slave, a provider gone from the config:
+        # a gate result never waits on a cloud
         return False, ('deleting server %s failed (%s: %s); the reaper will finish the delete'
-                       % (node.external_id, reason, str(e).splitlines()[0] if str(e) else ''))
-    return True, ('server %s %s; the reaper removes the row once it is gone'
-                  % (node.external_id, 'deletion requested' if accepted else 'was already gone'))
+                       % (node.external_id, getattr(e, 'reason', type(e).__name__),
+                          str(e).splitlines()[0] if str(e) else ''))
+    if not adapter.delete_quietly('server', node.external_id, 'node %s' % describe(node)):
+        return False, ('deleting server %s failed (see above); the reaper will finish the delete'
+                       % node.external_id)
+    return True, ('server %s deletion requested; the reaper removes the row once it is gone'
+                  % node.external_id)

@@ -13,7 +13,8 @@ One build (what the nightly Jenkins matrix runs per provider):
 5. boot a canary node from it through the pool's own launch code (same ready
    check) plus the label's optional validate command; only then is the row
    marked ready, which makes it the current image;
-6. retention: keep the newest keep-images ready images; older ones are deleted
+6. retention (:func:`retention`, the reaper's rule too): keep the newest
+   keep-images non-demoted ready images; older and demoted ones are deleted
    now that the new one is active.
 
 Whatever fails or is interrupted, the row goes to delete with the reason, the
@@ -21,6 +22,7 @@ previous current image stays current, and the cloud resources are deleted now
 or by the next reap (they carry our metadata).
 """
 
+import collections
 import datetime
 import logging
 import os
@@ -31,7 +33,7 @@ import time
 import paramiko
 
 import vmdatabase
-from devstackgate import cloud, launch, ssh
+from devstackgate import cloud, launch, ssh, wait
 from devstackgate.errors import GateError, UsageError
 
 log = logging.getLogger('image')
@@ -68,6 +70,28 @@ def build_keypair_row(prefix, provider, name):
     return int(match.group(1)) if match else None
 
 
+def retention(images, keep):
+    """The one retention rule, of the builder and the reaper alike.
+
+    {row id: reason} for the ready rows to delete: demoted ones ('demoted'),
+    and non-demoted ones older than the newest `keep` non-demoted ready rows
+    of their provider and label ('beyond-retention').  So the current image
+    and the previous one always stay.
+    """
+    by_label = collections.defaultdict(list)
+    for row in images:
+        if row.state == 'ready':
+            by_label[(row.provider, row.label)].append(row)
+    doomed = {}
+    for rows in by_label.values():
+        rows.sort(key=lambda r: (r.created, r.id), reverse=True)
+        kept = [r.id for r in rows if not r.demoted][:keep]
+        for r in rows:
+            if r.id not in kept:
+                doomed[r.id] = 'demoted' if r.demoted else 'beyond-retention'
+    return doomed
+
+
 def resolve_setup(config, entry):
     """(local script path, args) for one `setup:` entry.
 
@@ -90,7 +114,7 @@ def resolve_setup(config, entry):
 
 class Builder:
     def __init__(self, config, provider, db, adapter, pool_key, devstack_dir=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, sleep=time.sleep):
         self.config = config
         self.provider = provider
         self.db = db
@@ -98,6 +122,7 @@ class Builder:
         self.pool_key = pool_key
         self.devstack_dir = devstack_dir
         self.clock = clock
+        self.sleep = sleep
 
     def _tag(self, label):
         return '%s %s' % (self.provider.name, label)
@@ -109,9 +134,10 @@ class Builder:
         if base is None:
             raise BuildFailed('no-base-image', 'no active image matches base-image %r'
                               % image.base_image)
-        flavor = cloud.smallest_flavor(self.adapter.list_flavors(), image.min_ram)
-        if flavor is None:
-            raise BuildFailed('no-flavor', 'no flavor has min-ram %d MB' % image.min_ram)
+        try:
+            flavor = self.adapter.flavor_for(image.min_ram)
+        except cloud.NoFlavor as e:
+            raise BuildFailed(e.reason, str(e))
         return image, base, flavor
 
     def dry_run(self, label):
@@ -137,18 +163,16 @@ class Builder:
             name=image_name(self.config, label, self.provider.name)))
         log.info('%s: building image %s (row %d) from %s on flavor %s',
                  tag, row.name, row.id, base.name, flavor.name)
-        started = time.time()
         key = paramiko.RSAKey.generate(2048)
         keypair = build_keypair_name(self.config.node_prefix, label, self.provider.name, row.id)
         template_id = None
         try:
-            self.adapter.ensure_keypair(keypair, '%s %s' % (key.get_name(), key.get_base64()))
+            self.adapter.ensure_keypair(keypair, ssh.public_line(key))
             template_id = self.adapter.create_server(
                 '%s-template-%s-%s-%d' % (self.config.node_prefix, label, self.provider.name,
                                           row.id),
                 base.id, flavor.id, keypair,
-                {cloud.META_PROVIDER: self.provider.name, cloud.META_KIND: 'template',
-                 cloud.META_IMAGE_ID: str(row.id), cloud.META_LABEL: label})
+                cloud.tags(self.provider.name, 'template', label, image_id=row.id))
             self.db.transact(lambda s: s.update_image(row.id, server_external_id=template_id))
             client = self.wait_for_template(tag, template_id, image, key)
             try:
@@ -156,15 +180,14 @@ class Builder:
             finally:
                 client.close()
             snapshot_id = self.adapter.create_image(
-                template_id, row.name,
-                {cloud.META_PROVIDER: self.provider.name, cloud.META_KIND: 'image',
-                 cloud.META_IMAGE_ID: str(row.id), cloud.META_LABEL: label})
+                template_id, row.name, cloud.tags(self.provider.name, 'image', label,
+                                                  image_id=row.id))
             self.db.transact(lambda s: s.update_image(row.id, external_id=snapshot_id))
             log.info('%s: snapshotting as %s (%s)', tag, row.name, snapshot_id)
             self.wait_for_snapshot(tag, snapshot_id)
-            self._delete_template(tag, template_id)
+            self.adapter.delete_quietly('server', template_id, tag + ': template')
             template_id = None
-            self.canary(tag, label, self.db.transact(lambda s: s.get_image(row.id)), flavor)
+            self.canary(tag, label, self.db.transact(lambda s: s.get_image(row.id)))
         except BaseException as e:
             reason = getattr(e, 'reason', None) or (
                 'interrupted' if isinstance(e, (KeyboardInterrupt, SystemExit)) else 'error')
@@ -175,37 +198,35 @@ class Builder:
                 raise BuildFailed(reason, str(e))
             raise
         finally:
-            try:
-                self.adapter.delete_keypair(keypair)
-            except GateError as e:
-                log.warning('%s: could not delete keypair %s: %s', tag, keypair, e)
-        self.db.transact(lambda s: s.update_image(row.id, state='ready'))
-        log.info('%s: building -> ready: %s is now the current image (%.0f s)',
-                 tag, row.name, time.time() - started)
+            self.adapter.delete_quietly('keypair', keypair, tag)
+        if not self.db.transact(lambda s: s.transition(row, 'ready')):
+            raise BuildFailed('changed-under-us', 'image row %d was changed by another run; '
+                              'not promoting %s' % (row.id, row.name))
+        log.info('%s: %s is now the current image', tag, row.name)
         self.retire_old(label)
         return self.db.transact(lambda s: s.get_image(row.id))
 
     def wait_for_template(self, tag, server_id, image, key):
         deadline = self.clock() + self.provider.boot_timeout
-        waited = self.clock()
-        while True:
-            server = self.adapter.get_server(server_id)
-            if server.status == 'ERROR':
-                raise BuildFailed('template-error', 'template went to ERROR: %s'
-                                  % (server.fault or 'no fault given'))
-            address = server.address(self.provider.ip_type) if server.status == 'ACTIVE' else None
-            if address:
-                break
-            if self.clock() > deadline:
-                raise BuildFailed('template-timeout', 'template still %s after %.0f s'
-                                  % (server.status, self.provider.boot_timeout))
-            time.sleep(self.config.poll_interval)
+        started = self.clock()
+        try:
+            server = wait.for_state(lambda: self.adapter.get_server(server_id), 'active',
+                                    deadline, self.config.poll_interval,
+                                    '%s: template %s' % (tag, server_id),
+                                    failed=('error', 'gone'), ready=lambda s: s.address,
+                                    clock=self.clock, sleep=self.sleep)
+        except wait.Failure as e:
+            raise BuildFailed('template-error', 'template went to %s: %s' % (
+                e.last.detail or e.last.state, e.last.fault or 'no fault given'))
+        except wait.Timeout as e:
+            raise BuildFailed('template-timeout', 'template still %s after %.0f s' % (
+                e.last.detail or e.last.state if e.last else 'unseen', self.provider.boot_timeout))
         log.info('%s: template ACTIVE at %s after %.0f s; waiting for SSH',
-                 tag, address, self.clock() - waited)
-        return ssh.wait_for_ssh(address, self.provider.ssh_port, image.username, key,
+                 tag, server.address, self.clock() - started)
+        return ssh.wait_for_ssh(server.address, self.provider.ssh_port, image.username, key,
                                 deadline, self.config.ssh_connect_timeout,
                                 interval=self.config.poll_interval, describe=tag + ': ',
-                                clock=self.clock)
+                                clock=self.clock, sleep=self.sleep)
 
     def prepare(self, tag, client, setup):
         deadline = self.clock() + self.config.image_build_timeout
@@ -245,29 +266,28 @@ class Builder:
             raise BuildFailed('setup-failed', 'sync exited %d: %s' % (status, output.strip()))
 
     def wait_for_snapshot(self, tag, snapshot_id):
-        deadline = self.clock() + self.config.snapshot_timeout
         started = self.clock()
-        while True:
-            status = self.adapter.get_image(snapshot_id).status
-            if status == 'active':
-                log.info('%s: snapshot active after %.0f s', tag, self.clock() - started)
-                return
-            if status in ('killed', 'deleted', 'pending_delete', 'deactivated'):
-                raise BuildFailed('snapshot-failed', 'snapshot %s ended %s' % (snapshot_id, status))
-            if self.clock() > deadline:
-                raise BuildFailed('snapshot-timeout', 'snapshot still %s after %.0f s'
-                                  % (status, self.config.snapshot_timeout))
-            time.sleep(self.config.poll_interval)
+        try:
+            wait.for_state(lambda: self.adapter.get_image(snapshot_id), 'active',
+                           started + self.config.snapshot_timeout, self.config.poll_interval,
+                           '%s: snapshot %s' % (tag, snapshot_id), failed=('failed', 'gone'),
+                           clock=self.clock, sleep=self.sleep)
+        except wait.Failure as e:
+            raise BuildFailed('snapshot-failed', 'snapshot %s ended %s'
+                              % (snapshot_id, e.last.detail or e.last.state))
+        except wait.Timeout as e:
+            raise BuildFailed('snapshot-timeout', 'snapshot still %s after %.0f s' % (
+                e.last.detail or e.last.state if e.last else 'unseen',
+                self.config.snapshot_timeout))
+        log.info('%s: snapshot active after %.0f s', tag, self.clock() - started)
 
-    def canary(self, tag, label, row, flavor):
+    def canary(self, tag, label, row):
         """Boot one node from the new image through the pool's own launch path."""
         launcher = launch.Launcher(self.config, self.provider, self.db, self.adapter,
-                                   self.pool_key, clock=self.clock, ready_state='used',
-                                   claimed_by='canary of image %s' % row.name)
-        _, public = ssh.ensure_private_key(self.config.ssh_private_key)
-        self.adapter.ensure_keypair(self.provider.keypair, public)
+                                   self.pool_key, clock=self.clock, sleep=self.sleep,
+                                   ready_state='used', claimed_by='canary of image %s' % row.name)
         log.info('%s: booting a canary node from %s', tag, row.name)
-        node = launcher.boot(label, row, flavor)
+        node = launcher.boot(label, row)
         if node is None:
             raise BuildFailed('canary-failed', 'the canary node could not be booted')
         launcher.wait([node])
@@ -283,7 +303,9 @@ class Builder:
         finally:
             # The canary has done its job (and may have been changed by validate).
             if checked.state != 'delete':
-                self._delete_node(tag, checked)
+                self.adapter.delete_quietly('server', checked.external_id,
+                                            '%s: canary %s' % (tag, checked.name))
+                self.db.transact(lambda s: s.transition(checked, 'delete', fail_reason='canary'))
 
     def _validate(self, tag, node, command):
         client = ssh.connect(node.ip, self.provider.ssh_port, node.username, self.pool_key,
@@ -299,56 +321,32 @@ class Builder:
                               % (status, node.name))
 
     # -- cleanup ----------------------------------------------------------
-    def _delete_node(self, tag, node):
-        try:
-            self.adapter.delete_server(node.external_id)
-        except GateError as e:
-            log.warning('%s: could not delete canary %s now (the reaper will): %s',
-                        tag, node.name, e)
-        self.db.transact(lambda s: s.update_node(node.id, state='delete', fail_reason='canary'))
-
-    def _delete_template(self, tag, server_id):
-        try:
-            self.adapter.delete_server(server_id)
-            log.info('%s: template %s deleted', tag, server_id)
-        except GateError as e:
-            log.warning('%s: could not delete template %s now (the reaper will): %s',
-                        tag, server_id, e)
-
     def _abandon(self, tag, row, template_id, reason):
         """Mark a failed build; delete what it made, best effort (the reaper finishes)."""
         try:
-            self.db.transact(lambda s: s.update_image(row.id, state='delete', fail_reason=reason))
+            self.db.transact(lambda s: s.transition(row, 'delete', fail_reason=reason))
         except GateError as e:
             log.error('%s: could not mark image row %d: %s', tag, row.id, e)
         if template_id:
-            self._delete_template(tag, template_id)
+            self.adapter.delete_quietly('server', template_id, tag + ': template')
         current = self.db.transact(lambda s: s.get_image(row.id))
         if current is not None and current.external_id:
-            try:
-                self.adapter.delete_image(current.external_id)
-            except GateError as e:
-                log.warning('%s: could not delete image %s now (the reaper will): %s',
-                            tag, current.external_id, e)
+            self.adapter.delete_quietly('image', current.external_id, tag)
 
     def retire_old(self, label):
-        """Keep the newest keep-images ready images of this label; delete older ones."""
+        """Apply the retention rule to this label's ready images now that a new one is current."""
         ready = self.db.transact(lambda s: s.images(
-            provider=self.provider.name, label=label, state='ready', order='created DESC, id DESC'))
-        keep = [i for i in ready if not i.demoted][:self.config.keep_images]
+            provider=self.provider.name, label=label, state='ready'))
+        doomed = retention(ready, self.config.keep_images)
         for old in ready:
-            if old in keep or old.demoted:
+            reason = doomed.get(old.id)
+            if reason is None:
                 continue
-            log.info('%s: deleting image %s: beyond retention (keep %d)',
-                     self._tag(label), old.name, self.config.keep_images)
-            self.db.transact(lambda s: s.update_image(old.id, state='delete',
-                                                      fail_reason='beyond-retention'))
-            if old.external_id:
-                try:
-                    self.adapter.delete_image(old.external_id)
-                except GateError as e:
-                    log.warning('%s: could not delete image %s now (the reaper will): %s',
-                                self._tag(label), old.name, e)
+            log.info('%s: deleting image %s: %s (keep %d)',
+                     self._tag(label), old.name, reason, self.config.keep_images)
+            if self.db.transact(lambda s: s.transition(old, 'delete', fail_reason=reason)) \
+                    and old.external_id:
+                self.adapter.delete_quietly('image', old.external_id, self._tag(label))
 
 
 def labels_to_build(provider, label=None):
@@ -362,16 +360,23 @@ def labels_to_build(provider, label=None):
 
 def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=None,
         adapter=None):
-    """Build every label of a provider (or one); returns {label: row or reason}."""
+    """Build every label of a provider (or one); returns {label: row or reason}.
+
+    A dry run reads the cloud (base images, flavors) and prints the plan; it
+    opens no database, makes no key and creates nothing.
+    """
     provider = config.provider(provider_name)
     images = labels_to_build(provider, label)
     for image in images:          # a missing script is bad input: nothing is touched
         for entry in image.setup:
             resolve_setup(config, entry)
-    db = db or vmdatabase.Database.from_config(config)
     adapter = adapter or cloud.connect(provider)
-    pool_key, _ = ssh.ensure_private_key(config.ssh_private_key)
-    builder = Builder(config, provider, db, adapter, pool_key, devstack_dir=devstack_dir)
+    if dry_run:
+        builder = Builder(config, provider, None, adapter, None, devstack_dir=devstack_dir)
+    else:
+        db = db or vmdatabase.Database.from_config(config).upgrade()
+        pool_key, _ = ssh.ensure_private_key(config.ssh_private_key)
+        builder = Builder(config, provider, db, adapter, pool_key, devstack_dir=devstack_dir)
     outcome = {}
     for image in images:
         if image.paused:

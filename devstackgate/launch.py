@@ -23,13 +23,24 @@ import collections
 import concurrent.futures
 import dataclasses
 import logging
+import threading
 import time
 
 import vmdatabase
-from devstackgate import cloud, ssh
+from devstackgate import cloud, ssh, wait
 from devstackgate.errors import GateError
 
 log = logging.getLogger('launch')
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """How a node's SSH check ended."""
+    outcome: str                # 'ready', 'failed', or 'pending' (the run's deadline came first)
+    reason: str = None          # why it failed: no-network, ready-check, host-key, ...
+    message: str = None
+    host_key: str = None
+
 
 @dataclasses.dataclass
 class LabelSummary:
@@ -71,7 +82,7 @@ def describe(node):
 
 class Launcher:
     def __init__(self, config, provider, db, adapter, pkey, clock=time.monotonic,
-                 ready_state='ready', claimed_by=None):
+                 sleep=time.sleep, ready_state='ready', claimed_by=None):
         """ready_state/claimed_by: what a node that passes its checks becomes.  The
         image builder's canary becomes 'used' (by the build), so no gate job
         can be handed a node of an image that is not yet promoted."""
@@ -83,9 +94,12 @@ class Launcher:
         self.adapter = adapter
         self.pkey = pkey
         self.clock = clock
+        self.sleep = sleep
         self.started = clock()
         self.deadline = self.started + config.launch_deadline
         self.summary = Summary(provider.name, {i.name: LabelSummary() for i in provider.images})
+        self._key_name = None
+        self._key_lock = threading.Lock()
 
     # -- bookkeeping ------------------------------------------------------
     def _nodes(self):
@@ -94,9 +108,9 @@ class Launcher:
     def _update(self, node_id, **fields):
         self.db.transact(lambda s: s.update_node(node_id, **fields))
 
-    def _finish(self, node, **fields):
+    def _finish(self, node, to_state, **fields):
         """Move a building node on, unless someone (the reaper) took it meanwhile."""
-        if self.db.transact(lambda s: s.update_node_if(node.id, 'building', **fields)):
+        if self.db.transact(lambda s: s.transition(node, to_state, **fields)):
             return True
         log.warning('%s: no longer building (changed by another run); leaving it as it is',
                     describe(node))
@@ -105,15 +119,19 @@ class Launcher:
     def _label(self, label):
         return self.summary.labels.setdefault(label, LabelSummary())
 
+    def key_name(self):
+        """The pool's keypair, made sure of once per run."""
+        with self._key_lock:
+            if self._key_name is None:
+                self._key_name = self.adapter.pool_keypair(ssh.public_line(self.pkey))
+            return self._key_name
+
     def fail(self, node, reason, message):
         """Delete the node's server (if any) and mark its row, with the reason."""
         log.warning('%s: failed (%s): %s; deleting it', describe(node), reason, message)
         if node.external_id:
-            try:
-                self.adapter.delete_server(node.external_id)
-            except GateError as e:
-                log.warning('%s: delete failed, the reaper will retry: %s', describe(node), e)
-        self._finish(node, state='delete', fail_reason=reason)
+            self.adapter.delete_quietly('server', node.external_id, describe(node))
+        self._finish(node, 'delete', fail_reason=reason)
         self._label(node.label).failed += 1
 
     # -- 1. pick up what earlier runs left --------------------------------
@@ -140,9 +158,8 @@ class Launcher:
                 # Its create call cannot still be in flight: nothing to wait on.
                 log.warning('%s: no server was ever recorded for it; marking it delete',
                             describe(node))
-                self._update(node.id, state='delete', fail_reason='lost')
+                self._finish(node, 'delete', fail_reason='lost')
         return watch
-
     # -- 2. how many to boot ----------------------------------------------
     def plan(self, rows, servers):
         tracked = {str(n.id) for n in rows}
@@ -187,35 +204,37 @@ class Launcher:
         return [(label, wanted[label][1]) for label, n in allocation.items() for _ in range(n)]
 
     # -- 3. boot ----------------------------------------------------------
-    def boot(self, label, image_row, flavor):
+    def boot(self, label, image_row):
+        """Record a node row, then create its server; the node, or None if the create failed."""
         image = self.provider.image(label)
+        flavor = self.adapter.flavor_for(image.min_ram)
+        key_name = self.key_name()
         node = self.db.transact(lambda s: s.create_node(
             self.provider.name, label, image_id=image_row.id, username=image.username))
         name = node_name(self.config, label, self.provider.name, node.id)
         self._update(node.id, name=name)
         node = dataclasses.replace(node, name=name)
-        metadata = {cloud.META_PROVIDER: self.provider.name, cloud.META_KIND: 'node',
-                    cloud.META_NODE_ID: str(node.id), cloud.META_LABEL: label,
-                    cloud.META_IMAGE_ID: str(image_row.id)}
         log.info('%s: booting from image %s on flavor %s', describe(node), image_row.name,
                  flavor.name)
         self._label(label).launched += 1
         try:
-            server_id = self.adapter.create_server(name, image_row.external_id, flavor.id,
-                                                   self.provider.keypair, metadata)
+            server_id = self.adapter.create_server(
+                name, image_row.external_id, flavor.id, key_name,
+                cloud.tags(self.provider.name, 'node', label, node_id=node.id,
+                           image_id=image_row.id))
         except GateError as e:
             # Even after an error the server may exist (a lost reply): the row
             # stays, marked, and the reaper finds any server by its metadata.
             self._label(label).failed += 1
             log.warning('%s: boot failed (%s): %s; marking it delete', describe(node), e.reason, e)
-            self._update(node.id, state='delete', fail_reason=e.reason)
+            self._finish(node, 'delete', fail_reason=e.reason)
             return None
         self._update(node.id, external_id=server_id)
         return dataclasses.replace(node, external_id=server_id)
 
     # -- 4. wait ----------------------------------------------------------
     def check_node(self, node, ip):
-        """SSH in, run the ready check, capture the host key.  Returns an outcome tuple."""
+        """SSH in, run the ready check, capture the host key: a Check."""
         image = self.provider.image(node.label)
         node_deadline = self.clock() + (node.created + self.provider.boot_timeout - time.time())
         deadline = min(node_deadline, self.deadline)
@@ -223,53 +242,67 @@ class Launcher:
             client = ssh.wait_for_ssh(ip, self.provider.ssh_port, node.username, self.pkey,
                                       deadline, self.config.ssh_connect_timeout,
                                       interval=self.config.poll_interval,
-                                      describe=describe(node) + ': ', clock=self.clock)
+                                      describe=describe(node) + ': ', clock=self.clock,
+                                      sleep=self.sleep)
         except ssh.SSHTimeout as e:
             if deadline < node_deadline:
-                return ('pending', str(e))
-            return ('fail', 'no-network', str(e))
+                return Check('pending', message=str(e))
+            return Check('failed', 'no-network', str(e))
         try:
             host_key = ssh.remote_host_key(client)
             status, output = ssh.run(client, image.ready_check, self.config.ready_check_timeout)
         except ssh.SSHError as e:
-            return ('fail', e.reason, str(e))
+            return Check('failed', e.reason, str(e))
         except Exception as e:  # a connection dropped mid-check
-            return ('fail', 'ready-check', '%s: %s' % (type(e).__name__, e))
+            return Check('failed', 'ready-check', '%s: %s' % (type(e).__name__, e))
         finally:
             client.close()
         if status != 0:
             last = output.strip().splitlines()[-1:] or ['no output']
-            return ('fail', 'ready-check', 'ready check exited %d: %s' % (status, last[0]))
-        return ('ready', ip, host_key)
+            return Check('failed', 'ready-check', 'ready check exited %d: %s' % (status, last[0]))
+        return Check('ready', host_key=host_key)
 
     def wait(self, watch):
+        """Poll the cloud (one server list per poll) and SSH-check active nodes, until
+        every watched node is ready or failed, or the run's deadline."""
         pending = {n.id: n for n in watch}
         checking = {}
+
+        def pause(seconds):         # a finished SSH check ends the pause early
+            if checking:
+                concurrent.futures.wait(list(checking), timeout=seconds,
+                                        return_when=concurrent.futures.FIRST_COMPLETED)
+            else:
+                self.sleep(seconds)
+
+        def progress(waited):
+            log.info('%s: waiting for %d node(s) to boot and %d to pass SSH checks, %.0f s so far',
+                     self.provider.name, len(pending), len(checking), waited)
+
         with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
-            while pending or checking:
-                if self.clock() >= self.deadline:
-                    break
-                servers = None
-                if pending:
+            try:
+                for _ in wait.iterate(self.deadline, self.config.poll_interval,
+                                      '%s: nodes' % self.provider.name, clock=self.clock,
+                                      sleep=pause, progress=progress):
+                    for future in [f for f in checking if f.done()]:
+                        self._checked(checking.pop(future), future.result())
+                    if not (pending or checking):
+                        break
+                    if not pending:
+                        continue
                     try:
                         servers = {s.id: s for s in self.adapter.list_servers()}
                     except GateError as e:
                         log.warning('%s: cannot list servers (%s); will try again',
                                     self.provider.name, e)
-                for node in list(pending.values()) if servers is not None else ():
-                    self._poll_one(node, servers.get(node.external_id), pending, checking, pool)
-                timeout = min(self.config.poll_interval, max(0.0, self.deadline - self.clock()))
-                if checking:
-                    done, _ = concurrent.futures.wait(
-                        list(checking), timeout=timeout if pending else None,
-                        return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in done:
-                        self._checked(checking.pop(future), future.result())
-                elif pending:
-                    time.sleep(timeout)
+                        continue
+                    for node in list(pending.values()):
+                        self._poll_one(node, servers.get(node.external_id), pending, checking,
+                                       pool)
+            except wait.Timeout:
+                pass
             for future, node in checking.items():
-                outcome = future.result()
-                self._checked(node, outcome)
+                self._checked(node, future.result())
         left = [n for n in pending.values()] + [n for n in checking.values()
                                                if self._state(n) == 'building']
         if left:
@@ -282,19 +315,20 @@ class Launcher:
 
     def _poll_one(self, node, server, pending, checking, pool):
         age = time.time() - node.created
-        if server is None:
+        state = server.state if server is not None else 'gone'
+        if state == 'gone':
             del pending[node.id]
             self.fail(node, 'vanished', 'server %s is gone from the server list' % node.external_id)
-        elif server.status == 'ERROR':
+        elif state == 'error':
             del pending[node.id]
             self.fail(node, 'error', 'server went to ERROR: %s' % (server.fault or 'no fault given'))
-        elif server.status == 'ACTIVE':
-            ip = server.address(self.provider.ip_type)
+        elif state == 'active':
+            ip = server.address
             if ip is None:
                 if age > self.provider.boot_timeout:
                     del pending[node.id]
-                    self.fail(node, 'no-address', 'ACTIVE but no %s address after %.0f s'
-                              % (self.provider.ip_type, age))
+                    self.fail(node, 'no-address', 'active but no address to reach it by after '
+                              '%.0f s' % age)
                 return
             del pending[node.id]
             log.info('%s: ACTIVE at %s after %.0f s; waiting for SSH', describe(node), ip, age)
@@ -304,18 +338,15 @@ class Launcher:
         elif age > self.provider.boot_timeout:
             del pending[node.id]
             self.fail(node, 'timeout', 'still %s after boot-timeout %.0f s'
-                      % (server.status, self.provider.boot_timeout))
+                      % (server.detail or state, self.provider.boot_timeout))
 
-    def _checked(self, node, outcome):
-        if outcome[0] == 'ready':
-            _, ip, host_key = outcome
-            if self._finish(node, state=self.ready_state, ip=ip, host_key=host_key,
+    def _checked(self, node, check):
+        if check.outcome == 'ready':
+            if self._finish(node, self.ready_state, ip=node.ip, host_key=check.host_key,
                             claimed_by=self.claimed_by):
-                log.info('%s: building -> %s after %.0f s', describe(node), self.ready_state,
-                         time.time() - node.created)
                 self._label(node.label).became_ready += 1
-        elif outcome[0] == 'fail':
-            self.fail(node, outcome[1], outcome[2])
+        elif check.outcome == 'failed':
+            self.fail(node, check.reason, check.message)
 
     # -- the run ----------------------------------------------------------
     def run(self):
@@ -325,19 +356,14 @@ class Launcher:
         rows = self._nodes()
         boots = self.plan(rows, servers)
         if boots:
-            _, public_key = ssh.ensure_private_key(self.config.ssh_private_key)
-            self.adapter.ensure_keypair(self.provider.keypair, public_key)
-            flavors = self.adapter.list_flavors()
-            flavor_for = {}
             for label in {label for label, _ in boots}:
                 image = self.provider.image(label)
-                flavor = cloud.smallest_flavor(flavors, image.min_ram)
-                if flavor is None:
-                    raise GateError('provider %s label %s: no flavor has min-ram %d MB'
-                                    % (self.provider.name, label, image.min_ram))
-                flavor_for[label] = flavor
+                try:
+                    self.adapter.flavor_for(image.min_ram)
+                except cloud.NoFlavor as e:
+                    raise cloud.NoFlavor('%s (label %s)' % (e, label))
             with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
-                booted = list(pool.map(lambda b: self.boot(b[0], b[1], flavor_for[b[0]]), boots))
+                booted = list(pool.map(lambda b: self.boot(*b), boots))
             watch += [n for n in booted if n is not None]
         self.wait(watch)
         counts = collections.Counter((n.label, n.state) for n in self._nodes())
@@ -350,7 +376,7 @@ class Launcher:
 def run(config, provider_name, db=None, adapter=None):
     """One launch run for one provider; returns its Summary."""
     provider = config.provider(provider_name)
-    db = db or vmdatabase.Database.from_config(config)
+    db = db or vmdatabase.Database.from_config(config).upgrade()
     pkey, _ = ssh.ensure_private_key(config.ssh_private_key)
     adapter = adapter or cloud.connect(provider)
     return Launcher(config, provider, db, adapter, pkey).run()

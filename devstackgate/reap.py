@@ -259,23 +259,6 @@ def image_row_reason(row, limits, doomed, now):
     return doomed.get(row.id)
 
 
-def retention(images, keep):
-    """{row id: reason} for ready rows to delete: demoted ones, and non-demoted ones
-    older than the newest `keep` non-demoted ready rows of their label."""
-    by_label = collections.defaultdict(list)
-    for row in images:
-        if row.state == 'ready':
-            by_label[row.label].append(row)
-    doomed = {}
-    for rows in by_label.values():
-        rows.sort(key=lambda r: (r.created, r.id), reverse=True)
-        kept = [r.id for r in rows if not r.demoted][:keep]
-        for r in rows:
-            if r.id not in kept:
-                doomed[r.id] = 'demoted' if r.demoted else 'beyond-retention'
-    return doomed
-
-
 def plan(provider_name, limits, nodes, images, servers, cloud_images, current, leaks,
          now, listed_at, keypairs=(), prefix=None):
     """What to delete and why.
@@ -331,7 +314,7 @@ def plan(provider_name, limits, nodes, images, servers, cloud_images, current, l
                     'no server in the cloud; the row goes on the next run')
 
     # Image rows.
-    doomed = retention(images, limits.keep_images)
+    doomed = image.retention(images, limits.keep_images)
     for r in images:
         reason = image_row_reason(r, limits, doomed, now)
         if reason is None and r.state == 'ready' and r.external_id not in listed_images:
@@ -545,9 +528,17 @@ class Reaper:
             return False, e.fresh
 
     def _update_row(self, row, fields):
-        if isinstance(row, vmdatabase.Node):
-            return self._compare_and_set(row, lambda s: s.update_node(row.id, **fields))
-        return self._compare_and_set(row, lambda s: s.update_image(row.id, **fields))
+        fields = dict(fields)
+        to_state = fields.pop('state', None)
+
+        def change(s):
+            if to_state is not None:
+                s.transition(row, to_state, **fields)
+            elif isinstance(row, vmdatabase.Node):
+                s.update_node(row.id, **fields)
+            else:
+                s.update_image(row.id, **fields)
+        return self._compare_and_set(row, change)
 
     def _remove_row(self, row):
         if isinstance(row, vmdatabase.Node):
@@ -610,10 +601,10 @@ class Reaper:
 
 
 def open_database(config, dry_run):
-    """The database; a dry run neither upgrades the schema nor writes anything."""
+    """The database; a dry run opens it read-only: it neither creates, upgrades nor writes."""
     if not dry_run:
-        return vmdatabase.Database.from_config(config)
-    db = vmdatabase.Database.from_config(config, upgrade=False)
+        return vmdatabase.Database.from_config(config).upgrade()
+    db = vmdatabase.Database.from_config(config, read_only=True)
     try:
         version = db.version()
     except DatabaseError as e:

@@ -17,6 +17,7 @@ import time
 
 import paramiko
 
+from devstackgate import wait
 from devstackgate.errors import GateError
 
 log = logging.getLogger('ssh')
@@ -65,21 +66,21 @@ def ensure_private_key(path):
         key = paramiko.PKey.from_path(path)
     except (OSError, paramiko.SSHException) as e:
         raise SSHError('cannot load SSH private key %s: %s' % (path, type(e).__name__))
-    public = '%s %s devstack-gate' % (key.get_name(), key.get_base64())
+    public = public_line(key)
     if not os.path.exists(path + '.pub'):
         with open(path + '.pub', 'w') as f:
             f.write(public + '\n')
     return key, public
 
 
+def public_line(key):
+    """The authorized_keys line of our key."""
+    return '%s %s devstack-gate' % (key.get_name(), key.get_base64())
+
+
 def host_key_line(key):
     """'type base64' for a paramiko key, as stored with a node."""
     return '%s %s' % (key.get_name(), key.get_base64())
-
-
-def known_hosts_line(ip, port, host_key):
-    host = ip if int(port) == 22 else '[%s]:%d' % (ip, int(port))
-    return '%s %s' % (host, host_key)
 
 
 class _Capture(paramiko.MissingHostKeyPolicy):
@@ -132,32 +133,32 @@ def remote_host_key(client):
 
 
 def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, interval=2.0,
-                 describe='', clock=time.monotonic):
+                 describe='', clock=time.monotonic, sleep=time.sleep):
     """Connect until it works or `deadline` (a clock() value) passes.
 
     Logs what it waits for and how long it has waited.  Raises SSHTimeout.
     """
-    started = clock()
     last_error = None
-    last_log = started
-    while True:
-        remaining = deadline - clock()
-        if remaining <= 0:
-            raise SSHTimeout('%sSSH to %s@%s:%s did not answer within %.0f s (%s)'
-                             % (describe, username, ip, port, clock() - started,
-                                last_error or 'no attempt'))
-        try:
-            return connect(ip, port, username, pkey, timeout=min(connect_timeout, remaining))
-        except HostKeyMismatch:
-            raise
-        except (OSError, socket.timeout, EOFError, paramiko.SSHException) as e:
-            last_error = '%s: %s' % (type(e).__name__, str(e).splitlines()[0] if str(e) else '')
-        now = clock()
-        if now - last_log >= 30:
-            log.info('%swaiting for SSH on %s:%s, %.0f s so far (%s)',
-                     describe, ip, port, now - started, last_error)
-            last_log = now
-        time.sleep(max(0.0, min(interval, deadline - clock())))
+
+    def progress(waited):
+        log.info('%swaiting for SSH on %s:%s, %.0f s so far (%s)',
+                 describe, ip, port, waited, last_error)
+
+    waited = 0.0
+    try:
+        for waited in wait.iterate(deadline, interval, 'SSH on %s:%s' % (ip, port), clock=clock,
+                                   sleep=sleep, progress=progress):
+            try:
+                return connect(ip, port, username, pkey,
+                               timeout=max(0.1, min(connect_timeout, deadline - clock())))
+            except HostKeyMismatch:
+                raise
+            except (OSError, socket.timeout, EOFError, paramiko.SSHException) as e:
+                last_error = '%s: %s' % (type(e).__name__,
+                                         str(e).splitlines()[0] if str(e) else '')
+    except wait.Timeout:
+        raise SSHTimeout('%sSSH to %s@%s:%s did not answer within %.0f s (%s)'
+                         % (describe, username, ip, port, waited, last_error or 'no attempt'))
 
 
 def run(client, command, timeout, on_line=None):

@@ -57,7 +57,7 @@ class Pool:
 
     @property
     def db(self):
-        return vmdatabase.Database(self.db_url)
+        return vmdatabase.Database(self.db_url).upgrade()
 
     def env(self, **extra):
         env = dict(os.environ, OS_CLIENT_CONFIG_FILE=self.clouds.clouds_yaml,

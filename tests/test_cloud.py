@@ -1,11 +1,12 @@
-"""The cloud adapter through the real novaclient/glanceclient against a local cloud."""
+"""The provider seam, and the OpenStack driver through the real novaclient/glanceclient
+against a local cloud."""
 
 import time
 
 import paramiko
 import pytest
 
-from devstackgate import cloud, config
+from devstackgate import cloud, config, wait
 from localcloud.testing import local_clouds
 from tests.pool import BASE_IMAGE, cloud_config, make_base_dir
 
@@ -27,28 +28,33 @@ def adapter_for(lc, **overrides):
                                **overrides)]}
     env = {'OS_CLIENT_CONFIG_FILE': lc.clouds_yaml}
     cfg = config.validate(data, 'test.yaml', environ=env)
-    return cloud.OpenStackAdapter(cfg.providers[0], environ=env)
+    return cloud.connect(cfg.providers[0], environ=env)
 
 
 def test_servers_images_flavors_round_trip(local):
     a = adapter_for(local)
     (base,) = [i for i in a.list_images() if i.name == BASE_IMAGE]
-    assert base.status == 'active'
-    flavor = cloud.smallest_flavor(a.list_flavors(), 1024)
+    assert (base.state, base.detail) == ('active', 'active')
+    flavor = a.flavor_for(1024)
     assert (flavor.name, flavor.ram) == ('m1.small', 2048)
+    with pytest.raises(cloud.NoFlavor) as e:
+        a.flavor_for(10 ** 7)
+    assert e.value.reason == 'no-flavor' and 'no flavor has min-ram 10000000 MB' in str(e.value)
     key = paramiko.ECDSAKey.generate()
     public = '%s %s' % (key.get_name(), key.get_base64())
     assert a.ensure_keypair('dg-rax', public + ' test') is True
     assert a.ensure_keypair('dg-rax', public + ' other comment') is False   # same key body
     other = paramiko.ECDSAKey.generate()
     assert a.ensure_keypair('dg-rax', '%s %s' % (other.get_name(), other.get_base64())) is True
-    sid = a.create_server('dg-x-1', base.id, flavor.id, 'dg-rax', {'dg-provider': 'rax'})
-    deadline = time.monotonic() + 10
-    while a.get_server(sid).status != 'ACTIVE' and time.monotonic() < deadline:
-        time.sleep(0.05)
-    server = a.get_server(sid)
-    assert server.status == 'ACTIVE' and server.metadata == {'dg-provider': 'rax'}
-    assert server.address('fixed').startswith('127.') and server.address('floating') is None
+    meta = cloud.tags('rax', 'node', 'precise', node_id=1)
+    sid = a.create_server('dg-x-1', base.id, flavor.id, 'dg-rax', meta)
+    assert a.get_server(sid).state == 'building'
+    server = wait.for_state(lambda: a.get_server(sid), 'active', time.monotonic() + 10, 0.05,
+                            'server')
+    assert server.metadata == {'dg-provider': 'rax', 'dg-kind': 'node', 'dg-label': 'precise',
+                               'dg-node-id': '1'}
+    assert server.address.startswith('127.') and server.detail == 'ACTIVE'
+    assert server.image_id == base.id
     assert [s.id for s in a.list_servers()] == [sid]
     assert a.delete_server(sid) is True
     deadline = time.monotonic() + 10
@@ -128,9 +134,9 @@ def test_api_rate_spaces_calls(local):
 
 
 def test_newest_image_matches_name_or_regex():
-    images = [cloud.CloudImage('a', 'Ubuntu 12.04 LTS', 'active', {}, '2012-01-01T00:00:00Z'),
-              cloud.CloudImage('b', 'Ubuntu 12.04.1 LTS', 'active', {}, '2012-06-01T00:00:00Z'),
-              cloud.CloudImage('c', 'Ubuntu 12.04.2 LTS', 'queued', {}, '2012-09-01T00:00:00Z')]
+    images = [cloud.Image('a', 'Ubuntu 12.04 LTS', 'active', {}, '2012-01-01T00:00:00Z'),
+              cloud.Image('b', 'Ubuntu 12.04.1 LTS', 'active', {}, '2012-06-01T00:00:00Z'),
+              cloud.Image('c', 'Ubuntu 12.04.2 LTS', 'pending', {}, '2012-09-01T00:00:00Z')]
     assert cloud.newest_image(images, 'Ubuntu 12.04 LTS').id == 'a'
     assert cloud.newest_image(images, r'Ubuntu 12\.04.* LTS').id == 'b'
     assert cloud.newest_image(images, 'Fedora') is None

@@ -44,14 +44,16 @@ def test_good_config_defaults_and_values():
     cfg = config.load(os.path.join(FIXTURES, 'good.yaml'), environ=ENV)
     assert [p.name for p in cfg.providers] == ['rax', 'hpcloud']
     rax = cfg.provider('rax')
-    assert (rax.cloud, rax.region, rax.max_servers, rax.api_rate) == ('rax', 'DFW', 40, 1.0)
+    assert (rax.kind, rax.settings.cloud, rax.settings.region, rax.max_servers, rax.api_rate) == (
+        'openstack', 'rax', 'DFW', 40, 1.0)
+    assert rax.settings.keypair == 'dg-rax'
     precise = rax.image('precise')
     assert precise.min_ram == 8192 and precise.min_ready == 8
     assert precise.setup == ('prepare-node.sh',)
     hp = cfg.provider('hpcloud')
     # Defaults come from the table.
     assert hp.max_servers == config.PROVIDER_KEYS['max-servers'].default
-    assert hp.boot_timeout == 600 and hp.region is None
+    assert hp.boot_timeout == 600 and hp.settings.region is None
     assert hp.image('oneiric').min_ready == 0
     assert hp.image('oneiric').username == 'jenkins'
     assert cfg.labels() == ['oneiric', 'precise']
@@ -90,7 +92,7 @@ def test_no_clouds_yaml_at_all(tmp_path, monkeypatch):
 
 def test_fetch_style_load_skips_clouds_yaml():
     cfg = config.load(os.path.join(FIXTURES, 'unknown-cloud.yaml'), check_clouds=False, environ={})
-    assert cfg.providers[0].cloud == 'rackspace'
+    assert cfg.providers[0].settings.cloud == 'rackspace'
 
 
 def test_config_path_precedence(tmp_path):

@@ -51,7 +51,7 @@ def fetch(config, *args, env=None):
 
 
 def test_eval_round_trips_odd_values(tmp_path, sqlite_url):
-    db = vmdatabase.Database(sqlite_url)
+    db = vmdatabase.Database(sqlite_url).upgrade()
     node = add_ready(db, name=ODD_NAME)
     config = write_config(tmp_path, sqlite_url)
     script = ('set -euo pipefail; eval "$("$PYTHON" "$FETCH" --config "$CONFIG" precise)"; '
@@ -76,7 +76,7 @@ def test_eval_round_trips_odd_values(tmp_path, sqlite_url):
 
 
 def test_provider_restriction_and_oldest_first(tmp_path, sqlite_url):
-    db = vmdatabase.Database(sqlite_url)
+    db = vmdatabase.Database(sqlite_url).upgrade()
     add_ready(db, provider='hp', name='hp-old', now=1.0)
     add_ready(db, provider='rax', name='rax-new', now=2.0)
     config = write_config(tmp_path, sqlite_url)
@@ -98,7 +98,7 @@ def test_unknown_label_lists_the_known_ones(tmp_path, sqlite_url):
 
 
 def test_no_ready_node_waits_then_names_the_counts(tmp_path, sqlite_url):
-    db = vmdatabase.Database(sqlite_url)
+    db = vmdatabase.Database(sqlite_url).upgrade()
     db.transact(lambda s: [s.create_node('rax', 'precise', state='building'),
                            s.create_node('rax', 'precise', state='building'),
                            s.create_node('hp', 'precise', state='hold')])
@@ -112,7 +112,7 @@ def test_no_ready_node_waits_then_names_the_counts(tmp_path, sqlite_url):
 
 
 def test_waiting_fetch_gets_a_node_that_becomes_ready(tmp_path, sqlite_url):
-    db = vmdatabase.Database(sqlite_url)
+    db = vmdatabase.Database(sqlite_url).upgrade()
     config = write_config(tmp_path, sqlite_url)
     proc = subprocess.Popen([sys.executable, FETCH, '--config', config, 'precise', '--wait', '30'],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -124,7 +124,7 @@ def test_waiting_fetch_gets_a_node_that_becomes_ready(tmp_path, sqlite_url):
 
 
 def test_fetch_imports_no_cloud_client(tmp_path, sqlite_url):
-    db = vmdatabase.Database(sqlite_url)
+    db = vmdatabase.Database(sqlite_url).upgrade()
     add_ready(db)
     config = write_config(tmp_path, sqlite_url)
     code = textwrap.dedent('''
@@ -143,7 +143,7 @@ def test_fetch_imports_no_cloud_client(tmp_path, sqlite_url):
 
 
 def test_concurrent_fetches_never_share_a_node(tmp_path, db_url):
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     for i in range(12):
         add_ready(db, name='n%d' % i, provider='rax' if i % 2 else 'hp')
     config = write_config(tmp_path, db_url)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import vmdatabase
+from devstackgate import cloud
 from devstackgate import config as configmod
 from devstackgate import gate
 from localcloud.testing import local_clouds
@@ -285,7 +286,7 @@ class ConfigOnly:
 
 def test_conflicting_change_fails_before_any_node_is_fetched(tmp_path, gerrit, db_url):
     config = write_config(tmp_path, db_url, gerrit.base)
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     node = db.transact(lambda s: s.create_node('rax', 'precise', state='ready', name='n1'))
     pool = ConfigOnly(config)
     # First run: no change, a label with no ready node: the workspace is prepared, no node.
@@ -404,11 +405,12 @@ class BrokenCloud:
         raise gate.GateError('provider rax: list servers: identity API unavailable')
 
 
-class RecordingCloud:
+class RecordingCloud(cloud.Adapter):
+    """A driver that only records deletes (finish's logic, without a cloud)."""
     deleted = []
 
     def __init__(self, provider, environ=None):
-        pass
+        super().__init__(provider)
 
     def delete_server(self, server_id):
         self.deleted.append(server_id)
@@ -416,7 +418,7 @@ class RecordingCloud:
 
 
 def claimed_node(db_url, environ):
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     db.transact(lambda s: s.create_node('rax', 'precise', state='ready', name='n1',
                                         external_id='srv-1'))
     from devstackgate import fetch

@@ -1,5 +1,6 @@
 """devstack-vm-launch against two local clouds, through the real clients, SSH and a real database."""
 
+import dataclasses
 import re
 import signal
 
@@ -166,11 +167,12 @@ def test_a_node_the_reaper_took_is_not_made_ready_again(tmp_path, sqlite_url):
     data = {'database': sqlite_url,
             'providers': [provider('rax')]}
     cfg = configmod.validate(data, 'test.yaml', check_clouds=False)
-    db = vmdatabase.Database(sqlite_url)
+    db = vmdatabase.Database(sqlite_url).upgrade()
     node = db.transact(lambda s: s.create_node('rax', 'precise', name='slow'))
     launcher = launch.Launcher(cfg, cfg.provider('rax'), db, adapter=None, pkey=None)
-    db.transact(lambda s: s.update_node(node.id, state='delete', fail_reason='build-timeout'))
-    launcher._checked(node, ('ready', '127.0.0.1', 'ssh-ed25519 AAAA'))
+    db.transact(lambda s: s.transition(node, 'delete', fail_reason='build-timeout'))
+    launcher._checked(dataclasses.replace(node, ip='127.0.0.1'),
+                      launch.Check('ready', host_key='ssh-ed25519 AAAA'))
     row = db.transact(lambda s: s.get_node(node.id))
     assert (row.state, row.fail_reason, row.ip) == ('delete', 'build-timeout', None)
     assert launcher.summary.became_ready == 0

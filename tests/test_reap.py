@@ -17,6 +17,7 @@ import pytest
 
 import vmdatabase
 from devstackgate import cloud, config as configmod, image as imagemod, reap
+from devstackgate.drivers import openstack
 from tests.pool import BASE_IMAGE, Pool, cloud_config, make_base_dir, provider
 from tests.reap_helpers import (Fabricator, cloud_state, database_state, deletions, live_ours,
                                 node_meta, table)
@@ -60,7 +61,7 @@ def reap_in_process(pool, provider='rax', dry_run=False, clock=time.time, adapte
         config = dataclasses.replace(config, **overrides)
     prov = config.provider(provider)
     db = reap.open_database(config, dry_run)
-    adapter = adapter or cloud.OpenStackAdapter(prov, environ=env)
+    adapter = adapter or openstack.Adapter(prov, environ=env)
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)        # the run's log lines, as on a console
     logger = logging.getLogger('reap')
@@ -117,10 +118,10 @@ def test_reap_end_to_end(tmp_path, clouds_for, db_url):
     now = time.time()
     f = Fabricator(pool)
     f.transact(lambda s: (
-        s.update_node(held.id, state='hold', hold_until=now - 10),
-        s.update_node(held_on.id, state='hold', hold_until=now + HOUR),
-        s.update_node(used_long.id, state='used', state_time=now - 9 * HOUR),
-        s.update_node(used.id, state='used', state_time=now - 60)))
+        s.transition(held, 'hold', hold_until=now - 10),
+        s.transition(held_on, 'hold', hold_until=now + HOUR),
+        s.transition(used_long, 'used', now=now - 9 * HOUR),
+        s.transition(used, 'used', now=now - 60)))
     # Untracked and foreign things: an untagged server named like ours (also the
     # source of some snapshots), another provider's server and snapshot, an
     # untagged snapshot named like ours, and leaks of ours.
@@ -272,7 +273,7 @@ def test_rows_stay_until_the_lying_cloud_stops_listing_the_server(tmp_path, clou
     nodes = [f.node('ready', time.time() - 25 * HOUR, image_id=current.id)[0]
              for _ in range(2)]
     config = configmod.load(pool.config_path, environ=pool.env())
-    adapter = ListingAdapter(cloud.OpenStackAdapter(config.provider('rax'), environ=pool.env()))
+    adapter = ListingAdapter(openstack.Adapter(config.provider('rax'), environ=pool.env()))
     history = []
     for _ in range(8):
         summary, _, err = reap_in_process(pool, adapter=adapter)
@@ -310,7 +311,7 @@ def test_a_cloud_lost_mid_run_stops_the_run_with_the_rows_consistent(tmp_path, c
     nodes = [f.node('used', time.time() - 9 * HOUR, image_id=current.id)[0] for _ in range(2)]
     config = configmod.load(pool.config_path, environ=pool.env())
     prov = config.provider('rax')
-    adapter = DownAfterListing(cloud.OpenStackAdapter(prov, environ=pool.env()))
+    adapter = DownAfterListing(openstack.Adapter(prov, environ=pool.env()))
     err = io.StringIO()
     with pytest.raises(cloud.CloudUnavailable):
         reap.Reaper(config, prov, pool.db, adapter, out=io.StringIO(), err=err).run()
@@ -438,7 +439,7 @@ def test_a_node_claimed_after_the_reaper_read_it_is_not_deleted(tmp_path, clouds
     old, server = f.node('ready', time.time() - 25 * HOUR, image_id=current.id)
     config = configmod.load(pool.config_path, environ=pool.env())
     prov = config.provider('rax')
-    adapter = cloud.OpenStackAdapter(prov, environ=pool.env())
+    adapter = openstack.Adapter(prov, environ=pool.env())
     summary = ClaimAfterRead(config, prov, pool.db, adapter, out=io.StringIO(),
                              err=io.StringIO()).run()
     assert not summary.deleted and summary.skipped == 1
@@ -453,7 +454,7 @@ def test_marking_a_row_waits_for_a_claim_in_flight(tmp_path, db_url):
     config = configmod.validate({'database': db_url, 'providers': [
         {'name': 'rax', 'cloud': 'rax', 'images': [{'name': 'precise', 'base-image': 'x'}]}]},
         'test.yaml', check_clouds=False)
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     old = db.transact(lambda s: s.create_node('rax', 'precise', state='ready',
                                               now=time.time() - 25 * HOUR))
     reaper = reap.Reaper(config, config.provider('rax'), db, adapter=None)
@@ -461,7 +462,7 @@ def test_marking_a_row_waits_for_a_claim_in_flight(tmp_path, db_url):
 
     def claim():
         with db.session() as s:
-            s.update_node(old.id, state='used', claimed_by='gate-job-1')
+            s.transition(old, 'used', claimed_by='gate-job-1')
             claimed.set()
             release.wait(10)
     thread = threading.Thread(target=claim)
@@ -578,9 +579,9 @@ def test_retention_never_touches_current_or_previous():
             image(id=5, state='building', created=NOW),
             image(id=6, state='ready', created=NOW - 50),
             image(id=7, state='ready', created=NOW - 5, label='other', demoted=1)]
-    assert reap.retention(rows, 2) == {6: 'beyond-retention', 2: 'demoted', 4: 'demoted',
+    assert imagemod.retention(rows, 2) == {6: 'beyond-retention', 2: 'demoted', 4: 'demoted',
                                        7: 'demoted'}
-    assert reap.retention(rows, 3) == {2: 'demoted', 4: 'demoted', 7: 'demoted'}
+    assert imagemod.retention(rows, 3) == {2: 'demoted', 4: 'demoted', 7: 'demoted'}
 
 
 def test_rows_that_entered_delete_after_the_list_wait_for_the_next_run():

@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import re
 import sqlite3
 import time
 
@@ -22,22 +23,47 @@ def make_ready_nodes(db, count, label='precise', provider='rax', start=1000.0):
     db.transact(add)
 
 
-def test_fresh_schema_has_current_version(db_url):
+def test_opening_creates_nothing_and_upgrade_is_explicit(db_url):
     db = vmdatabase.Database(db_url)
+    # Opening is no hidden upgrade: a stage that only reads or claims is told what to run.
+    with pytest.raises(DatabaseError) as e:
+        db.claim_node('precise', 'job-1')
+    assert 'has no devstack-gate schema yet' in str(e.value)
+    assert 'devstack-vm-launch.py' in str(e.value)
+    assert db.upgrade() is db
     assert db.version() == vmdatabase.schema_version()
-    # Opening again neither fails nor re-runs migrations.
-    db2 = vmdatabase.Database(db_url)
+    # Upgrading again neither fails nor re-runs migrations.
+    db2 = vmdatabase.Database(db_url).upgrade()
     assert db2.version() == vmdatabase.schema_version()
 
 
+def test_read_only_sqlite_never_creates_the_file(tmp_path):
+    path = tmp_path / 'sub' / 'devstack-gate.db'
+    db = vmdatabase.Database('sqlite:///%s' % path, read_only=True)
+    with pytest.raises(DatabaseError) as e:
+        db.version()
+    assert 'does not exist' in str(e.value)
+    with pytest.raises(DatabaseError):
+        db.upgrade()
+    assert not (tmp_path / 'sub').exists()
+    vmdatabase.Database('sqlite:///%s' % path).upgrade().transact(
+        lambda s: s.create_node('rax', 'precise', name='n1'))
+    before = path.read_bytes()
+    with pytest.raises(DatabaseError) as e:
+        db.transact(lambda s: s.create_node('rax', 'precise'))
+    assert 'readonly' in str(e.value)
+    assert [n.name for n in db.transact(lambda s: s.nodes())] == ['n1']
+    assert path.read_bytes() == before
+
+
 def test_upgrade_in_place_keeps_data(db_url, monkeypatch):
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     with db.session() as s:
         node = s.create_node('rax', 'precise', name='keep-me')
     v = vmdatabase.schema_version()
     monkeypatch.setattr(vmdatabase, 'MIGRATIONS', vmdatabase.MIGRATIONS + [
         (v + 1, ['CREATE TABLE upgrade_probe (id {pk}, note {text})'])])
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     assert db.version() == v + 1
     with db.session() as s:
         assert s.get_node(node.id).name == 'keep-me'
@@ -45,18 +71,18 @@ def test_upgrade_in_place_keeps_data(db_url, monkeypatch):
 
 
 def test_newer_schema_is_refused(db_url, monkeypatch):
-    vmdatabase.Database(db_url)
+    vmdatabase.Database(db_url).upgrade()
     monkeypatch.setattr(vmdatabase, 'MIGRATIONS', vmdatabase.MIGRATIONS + [(99, [])])
-    vmdatabase.Database(db_url)
+    vmdatabase.Database(db_url).upgrade()
     monkeypatch.undo()
     with pytest.raises(DatabaseError) as e:
-        vmdatabase.Database(db_url)
+        vmdatabase.Database(db_url).upgrade()
     assert 'has schema version 99, newer than this devstack-gate knows (%d)' % (
         vmdatabase.schema_version()) in str(e.value)
 
 
 def test_session_commits_or_rolls_back(db_url):
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     with pytest.raises(RuntimeError):
         with db.session() as s:
             s.create_node('rax', 'precise')
@@ -69,23 +95,30 @@ def test_session_commits_or_rolls_back(db_url):
         assert s.get_node(n.id).state == 'building'
 
 
-def test_state_changes_are_explicit_and_move_state_time(db_url):
-    db = vmdatabase.Database(db_url)
+def test_state_changes_only_through_transition_which_moves_state_time(db_url):
+    db = vmdatabase.Database(db_url).upgrade()
     with db.session() as s:
         n = s.create_node('rax', 'precise', now=100.0)
         s.update_node(n.id, ip='127.0.0.5')
         assert s.get_node(n.id).state_time == 100.0
-        s.update_node(n.id, state='ready')
+        with pytest.raises(ValueError):
+            s.update_node(n.id, state='ready')
+        assert s.transition(n, 'ready')
         after = s.get_node(n.id)
         assert after.state == 'ready' and after.state_time > 100.0 and after.ip == '127.0.0.5'
         with pytest.raises(ValueError):
-            s.update_node(n.id, state='bogus')
+            s.transition(after, 'bogus')
         with pytest.raises(ValueError):
             s.update_node(n.id, no_such_column=1)
+        image = s.create_image('rax', 'precise')
+        with pytest.raises(ValueError):
+            s.update_image(image.id, state='ready')
+        assert s.transition(image, 'ready', external_id='img-1')
+        assert s.get_image(image.id).state == 'ready'
 
 
 def test_claim_takes_the_oldest_ready_node_and_records_a_result(db_url):
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     with db.session() as s:
         s.create_node('rax', 'precise', state='ready', now=30.0, name='young')
         s.create_node('hp', 'precise', state='ready', now=10.0, name='old')
@@ -106,7 +139,7 @@ def test_claim_takes_the_oldest_ready_node_and_records_a_result(db_url):
 
 
 def test_current_image_ignores_demoted_and_building(db_url):
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     with db.session() as s:
         old = s.create_image('rax', 'precise', state='ready', now=1.0)
         new = s.create_image('rax', 'precise', state='ready', now=2.0)
@@ -118,7 +151,7 @@ def test_current_image_ignores_demoted_and_building(db_url):
 
 
 def _claimer(url, index, queue):
-    db = vmdatabase.Database(url, lock_timeout=10, retries=20)
+    db = vmdatabase.Database(url, lock_timeout=10, retries=20).upgrade()
     mine = []
     while True:
         node, _ = db.claim_node('precise', 'claimer-%d' % index)
@@ -130,7 +163,7 @@ def _claimer(url, index, queue):
 
 def test_concurrent_claims_hand_each_node_out_exactly_once(db_url):
     """32 processes race for 200 ready nodes: none is handed out twice, none is lost."""
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     make_ready_nodes(db, READY_NODES)
     ctx = multiprocessing.get_context('fork')
     queue = ctx.Queue()
@@ -155,7 +188,7 @@ def test_concurrent_claims_hand_each_node_out_exactly_once(db_url):
 
 
 def test_busy_sqlite_gives_a_clear_error(sqlite_url):
-    db = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=2)
+    db = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=2).upgrade()
     make_ready_nodes(db, 1)
     blocker = sqlite3.connect(db.url.path, isolation_level=None)
     blocker.execute('BEGIN IMMEDIATE')
@@ -173,7 +206,7 @@ def test_busy_sqlite_gives_a_clear_error(sqlite_url):
 
 @pytest.mark.mysql
 def test_busy_mysql_gives_a_clear_error(mysql_url):
-    db = vmdatabase.Database(mysql_url, lock_timeout=1, retries=2)
+    db = vmdatabase.Database(mysql_url, lock_timeout=1, retries=2).upgrade()
     make_ready_nodes(db, 1)
     blocker = mysql_connect(mysql_server_url(), db.url.database)
     blocker.autocommit = False
@@ -234,15 +267,15 @@ def test_password_from_environment_or_option_file_never_printed(mysql_url, tmp_p
         database = vmdatabase.parse_url(mysql_url).database
         cur.execute("GRANT ALL ON `%s`.* TO '%s'@'%%'" % (database, user))
         url = mysql_url.replace('root@', user + '@')
-        db = vmdatabase.Database(url, environ={vmdatabase.PASSWORD_ENV: password})
+        db = vmdatabase.Database(url, environ={vmdatabase.PASSWORD_ENV: password}).upgrade()
         assert db.version() == vmdatabase.schema_version()
         option_file = tmp_path / 'my.cnf'
         option_file.write_text('[client]\npassword=%s\n' % password)
-        db = vmdatabase.Database(url, environ={vmdatabase.OPTION_FILE_ENV: str(option_file)})
+        db = vmdatabase.Database(url, environ={vmdatabase.OPTION_FILE_ENV: str(option_file)}).upgrade()
         assert db.version() == vmdatabase.schema_version()
         wrong = 'Wrong-%s' % password
         with pytest.raises(DatabaseError) as e:
-            vmdatabase.Database(url, environ={vmdatabase.PASSWORD_ENV: wrong})
+            vmdatabase.Database(url, environ={vmdatabase.PASSWORD_ENV: wrong}).upgrade()
         assert 'cannot connect to mysql://%s@' % user in str(e.value)
         assert password not in str(e.value) and wrong not in str(e.value)
     finally:
@@ -251,7 +284,7 @@ def test_password_from_environment_or_option_file_never_printed(mysql_url, tmp_p
 
 
 def test_leak_sightings_count_runs_in_a_row(db_url):
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     seen = db.transact(lambda s: s.record_sightings('rax', 'server', {'a': 'dg-a', 'b': 'dg-b'},
                                                     now=1.0))
     assert sorted((l.external_id, l.sightings) for l in seen) == [('a', 1), ('b', 1)]
@@ -270,35 +303,48 @@ def test_leak_sightings_count_runs_in_a_row(db_url):
 
 def test_version_1_database_upgrades_to_current(db_url, monkeypatch):
     monkeypatch.setattr(vmdatabase, 'MIGRATIONS', vmdatabase.MIGRATIONS[:1])
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     assert db.version() == 1
     node = db.transact(lambda s: s.create_node('rax', 'precise', state='ready', name='old'))
     monkeypatch.undo()
-    db = vmdatabase.Database(db_url)
+    db = vmdatabase.Database(db_url).upgrade()
     assert db.version() == vmdatabase.schema_version() >= 2
     assert db.transact(lambda s: s.get_node(node.id)).name == 'old'
     assert db.transact(lambda s: s.record_sightings('rax', 'server', {'x': 'dg-x'}))[0].sightings == 1
 
 
-def test_update_node_if_only_changes_the_expected_state(db_url):
-    db = vmdatabase.Database(db_url)
-    node = db.transact(lambda s: s.create_node('rax', 'precise'))
-    assert db.transact(lambda s: s.update_node_if(node.id, 'building', state='ready', ip='1.2.3.4'))
-    # A second writer expecting 'building' loses: the row is not overwritten.
-    assert not db.transact(lambda s: s.update_node_if(node.id, 'building', state='delete'))
+def test_transition_happens_only_from_the_state_read_and_is_logged_once_committed(
+        db_url, caplog):
+    db = vmdatabase.Database(db_url).upgrade()
+    node = db.transact(lambda s: s.create_node('rax', 'precise', name='n1', now=time.time() - 312))
+    caplog.set_level('INFO', logger='state')
+    assert db.transact(lambda s: s.transition(node, 'ready', ip='1.2.3.4'))
+    # A second writer that read it building loses: the row is not overwritten.
+    assert not db.transact(lambda s: s.transition(node, 'delete', fail_reason='build-timeout'))
     row = db.transact(lambda s: s.get_node(node.id))
-    assert (row.state, row.ip) == ('ready', '1.2.3.4')
+    assert (row.state, row.ip, row.fail_reason) == ('ready', '1.2.3.4', None)
+    # A transition rolled back with its transaction is not logged.
+    with pytest.raises(RuntimeError):
+        with db.session() as s:
+            assert s.transition(row, 'used')
+            raise RuntimeError('boom')
+    assert db.transact(lambda s: s.transition(row, 'delete', fail_reason='image-not-current'))
+    lines = [r.getMessage() for r in caplog.records if r.name == 'state']
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r'rax precise n1: building -> ready after 31[23] s', lines[0]), lines
+    assert re.fullmatch(r'rax precise n1: ready -> delete after \d+ s \(image-not-current\)',
+                        lines[1]), lines
 
 
 def test_opening_an_up_to_date_database_takes_no_lock(sqlite_url):
     """Every fetch opens the database: with the schema current that is a plain read."""
-    db = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=1)
+    db = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=1).upgrade()
     make_ready_nodes(db, 1)
     blocker = sqlite3.connect(db.url.path, isolation_level=None)
     blocker.execute('BEGIN IMMEDIATE')
     try:
         started = time.monotonic()
-        reopened = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=1)
+        reopened = vmdatabase.Database(sqlite_url, lock_timeout=1, retries=1).upgrade()
         assert time.monotonic() - started < 0.5
     finally:
         blocker.execute('ROLLBACK')

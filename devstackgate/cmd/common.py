@@ -61,10 +61,3 @@ def run(prog, p, argv, body, check_clouds=True):
         signal.signal(signal.SIGTERM, previous)
         logging.shutdown()
 
-
-def not_yet(stage, issue):
-    """Body for a stage whose issue has not landed yet: a clear error, not a traceback."""
-    def body(args, config):
-        raise GateError('%s is not implemented yet (issue %d); the configuration %s is valid'
-                        % (stage, issue, config.path))
-    return body

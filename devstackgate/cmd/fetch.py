@@ -20,7 +20,8 @@ def main(argv=None):
                    help='wait this long for a node to become ready (default: 0)')
 
     def body(args, config):
-        node, result = fetch.fetch(config, args.label, providers=args.provider, wait=args.wait)
+        node, result = fetch.fetch(config, args.label, providers=args.provider,
+                                   wait_for=args.wait)
         fetch.print_node(config, node, result)
 
     return common.run(PROG, p, argv, body, check_clouds=False)

@@ -1,0 +1,1 @@
+"""One module per provider kind, each with an ``Adapter`` (see devstackgate.cloud)."""
