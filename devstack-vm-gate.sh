@@ -46,18 +46,26 @@ export GIT_SSH_COMMAND=${GIT_SSH_COMMAND:-ssh -o BatchMode=yes}
 
 usage() {
     cat <<'USAGE'
-usage: devstack-vm-gate.sh [--config PATH] [--label LABEL] [--help]
+usage: devstack-vm-gate.sh [--config PATH] [--label LABEL]... [--help]
 
 Prepare the workspace and merge the change under test, fetch a ready node of
-LABEL (default: gate.label), copy the workspace to it, run the test command
+LABEL (default: gate.labels), copy the workspace to it, run the test command
 (default: devstack's stack.sh then exercise.sh; DEVSTACK_GATE_TEMPEST=1 runs
-tempest), bring the logs back to $WORKSPACE/logs, and delete the node on
-success or hold it for hold-hours on failure or timeout.
+tempest; $DEVSTACK_GATE_LABEL tells it the label), bring the logs back to
+$WORKSPACE/logs, and delete the node on success or hold it for hold-hours on
+failure or timeout.
+
+With several labels (cells of a label matrix), the workspace is prepared once
+and every enabled cell runs at once on its own node, its console lines
+prefixed with [LABEL] and its logs in $WORKSPACE/logs/LABEL/; a disabled cell
+(disabled-labels in the configuration, or switched off in the database) is
+skipped and named with its reason.  The run passes only if every enabled
+cell passes.
 
   --config PATH   configuration file (default: $DEVSTACK_GATE_CONFIG, else
                   ~/.devstack-gate/devstack-gate.yaml or
                   /etc/devstack-gate/devstack-gate.yaml)
-  --label LABEL   label of the node to fetch (default: gate.label)
+  --label LABEL   a label to test; repeatable (default: gate.labels)
 
 Exit status: 0 success; 1 failure, timeout, merge conflict or no node; 2 bad
 configuration or usage; 143 aborted by SIGTERM (logs collected, result recorded).
@@ -69,23 +77,25 @@ usage_error() { printf '%s: %s (see --help)\n' "$PROG" "$1" >&2; exit 2; }
 
 config_args=()
 label_args=()
+CELL=""        # set in a cell run of a multi-cell gate: the parent prepared the workspace
 while (($#)); do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --config) (($# >= 2)) || usage_error "--config needs a PATH"; config_args=(--config "$2"); shift 2 ;;
         --config=*) config_args=(--config "${1#*=}"); shift ;;
-        --label) (($# >= 2)) || usage_error "--label needs a LABEL"; label_args=(--label "$2"); shift 2 ;;
-        --label=*) label_args=(--label "${1#*=}"); shift ;;
+        --label) (($# >= 2)) || usage_error "--label needs a LABEL"; label_args+=(--label "$2"); shift 2 ;;
+        --label=*) label_args+=(--label "${1#*=}"); shift ;;
+        --cell) (($# >= 2)) || usage_error "--cell needs a LABEL"; CELL=$2; label_args=(--label "$2" --no-switches); shift 2 ;;
         *) usage_error "unknown argument: $1" ;;
     esac
 done
 
 # -- settings ----------------------------------------------------------------
-GATE_CONFIG="" GATE_LABEL="" GATE_GIT_BASE="" GATE_BRANCH="" GATE_WORKSPACE=""
+GATE_CONFIG="" GATE_GIT_BASE="" GATE_BRANCH="" GATE_WORKSPACE=""
 GATE_TEMPEST="" GATE_TEST_COMMAND="" GATE_TEST_TIMEOUT="" GATE_TEST_SAFETY_TIMEOUT=""
 GATE_FETCH_WAIT="" GATE_GIT_TIMEOUT="" GATE_GIT_RETRIES="" GATE_RSYNC_TIMEOUT=""
 GATE_ABORT_COPY_TIMEOUT="" GATE_HOLD_HOURS="" GATE_SSH_KEY=""
-GATE_PROJECTS=()
+GATE_PROJECTS=() GATE_LABELS=() GATE_SKIPPED=() GATE_SKIPPED_WHY=()
 settings=$("$PYTHON" -m devstackgate.cmd.gate_settings "${config_args[@]}" "${label_args[@]}") \
     || exit $?
 eval "$settings"
@@ -96,6 +106,11 @@ case "$GATE_WORKSPACE" in
     *) SRC=$WORKSPACE/$GATE_WORKSPACE ;;
 esac
 LOGS=$WORKSPACE/logs
+if [[ -n "$CELL" ]]; then
+    SRC=$WORKSPACE/cells/$CELL/workspace
+    LOGS=$WORKSPACE/logs/$CELL
+fi
+GATE_LABEL=${GATE_LABELS[0]:-}
 JOB="${JOB_NAME:-unknown job} #${BUILD_NUMBER:-?}"
 
 # The change under test: Zuul's variables, else Gerrit Trigger's.
@@ -344,7 +359,7 @@ sq() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
 
 run_test() {
     local remote rc=0 started=$SECONDS
-    remote="mkdir -p ~/workspace/logs && cd ~/workspace && exec timeout --kill-after=30 $GATE_TEST_TIMEOUT bash -c $(sq "$GATE_TEST_COMMAND")"
+    remote="mkdir -p ~/workspace/logs && cd ~/workspace && DEVSTACK_GATE_LABEL=$(sq "$GATE_LABEL") exec timeout --kill-after=30 $GATE_TEST_TIMEOUT bash -c $(sq "$GATE_TEST_COMMAND")"
     say "running on node $NODE_NAME ($NODE_PROVIDER), in ~/workspace, for up to $GATE_TEST_TIMEOUT s: $GATE_TEST_COMMAND"
     run timeout --kill-after=30 "$GATE_TEST_SAFETY_TIMEOUT" "$TMP/ssh" "$TARGET" "$remote" || rc=$?
     case "$rc" in
@@ -388,6 +403,58 @@ node_error() {  # node_error MESSAGE DETAIL: a failure once the node is ours; it
     exit 1
 }
 
+# -- several cells -------------------------------------------------------------------
+CELL_PIDS=()
+
+run_cells() {  # the parent of a multi-cell run: one cell run per enabled label, at once
+    local i label rc failed=0 rcs=()
+    for i in "${!GATE_SKIPPED[@]}"; do
+        say "cell ${GATE_SKIPPED[i]}: skipped: ${GATE_SKIPPED_WHY[i]}"
+    done
+    if ((${#GATE_LABELS[@]} == 0)); then
+        say "error: $JOB: every cell of this run is disabled; nothing was tested"
+        exit 1
+    fi
+    for label in "${GATE_LABELS[@]}"; do     # each cell writes its own local.conf
+        rm -rf "$WORKSPACE/cells/$label"
+        mkdir -p "$WORKSPACE/cells/$label"
+        cp -a "$SRC" "$WORKSPACE/cells/$label/workspace"
+    done
+    end_step
+    say "$JOB: testing ${#GATE_LABELS[@]} cell(s) at once, each on its own node: ${GATE_LABELS[*]}"
+    for label in "${GATE_LABELS[@]}"; do
+        "$here/devstack-vm-gate.sh" "${config_args[@]}" --cell "$label" </dev/null \
+            > >(sed -u "s/^/[$label] /") 2>&1 &
+        CELL_PIDS+=("$!")
+    done
+    for i in "${!CELL_PIDS[@]}"; do
+        rc=0
+        wait "${CELL_PIDS[i]}" || rc=$?
+        rcs+=("$rc")
+    done
+    CELL_PIDS=()
+    wait    # the prefixing of the last lines
+    rm -rf "$WORKSPACE/cells"
+    for i in "${!GATE_LABELS[@]}"; do
+        label=${GATE_LABELS[i]}
+        if ((rcs[i] == 0)); then
+            say "cell $label: passed; logs in $LOGS/$label"
+        else
+            say "cell $label: FAILED (exit ${rcs[i]}); logs in $LOGS/$label"
+            failed=$((failed + 1))
+        fi
+    done
+    for i in "${!GATE_SKIPPED[@]}"; do
+        say "cell ${GATE_SKIPPED[i]}: skipped: ${GATE_SKIPPED_WHY[i]}"
+    done
+    if ((failed)); then
+        say "$JOB: failure: $failed of ${#GATE_LABELS[@]} enabled cell(s) failed"
+        exit 1
+    fi
+    say "$JOB: success: all ${#GATE_LABELS[@]} enabled cell(s) passed${GATE_SKIPPED[*]:+; skipped: ${GATE_SKIPPED[*]}}"
+    exit 0
+}
+
 # -- traps ---------------------------------------------------------------------------
 # shellcheck disable=SC2317  # trap handlers
 on_error() {  # on_error STATUS LINE COMMAND: what set -e is about to exit for, in one line
@@ -403,6 +470,12 @@ on_signal() {  # on_signal NAME NUMBER
     trap '' INT TERM HUP PIPE
     stop_child
     end_step
+    if ((${#CELL_PIDS[@]})); then   # each cell records its own abort
+        say "received SIG$1: aborting the cells ${GATE_LABELS[*]}"
+        kill -TERM "${CELL_PIDS[@]}" 2>/dev/null
+        wait
+        exit $((128 + $2))
+    fi
     begin_step aborted
     say "received SIG$1: aborting${NODE_NAME:+ the run on node $NODE_NAME ($NODE_PROVIDER)}"
     if [[ -n "$NODE_ID" && -z "$FINISHED" ]]; then
@@ -446,13 +519,19 @@ mkdir -p "$LOGS"
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/devstack-vm-gate.XXXXXX")
 RESULT=""
 
-begin_step workspace
-if [[ -n "$CHANGE_PROJECT" ]]; then
-    say "$JOB: change $CHANGE_ID ($CHANGE_REF) of $CHANGE_PROJECT on ${CHANGE_BRANCH:-$GATE_BRANCH}; label $GATE_LABEL; workspace $SRC"
-else
-    say "$JOB: no change under test (no ZUUL_* or GERRIT_* variables): testing the branch heads; label $GATE_LABEL; workspace $SRC"
+if [[ -z "$CELL" ]]; then
+    begin_step workspace
+    labels="label${GATE_LABELS[1]:+s} ${GATE_LABELS[*]:-none}${GATE_SKIPPED[*]:+ (skipped: ${GATE_SKIPPED[*]})}"
+    if [[ -n "$CHANGE_PROJECT" ]]; then
+        say "$JOB: change $CHANGE_ID ($CHANGE_REF) of $CHANGE_PROJECT on ${CHANGE_BRANCH:-$GATE_BRANCH}; $labels; workspace $SRC"
+    else
+        say "$JOB: no change under test (no ZUUL_* or GERRIT_* variables): testing the branch heads; $labels; workspace $SRC"
+    fi
+    prepare_workspace
+    if ((${#GATE_LABELS[@]} != 1 || ${#GATE_SKIPPED[@]})); then
+        run_cells
+    fi
 fi
-prepare_workspace
 
 begin_step fetch
 fetch_node

@@ -119,6 +119,16 @@ MIGRATIONS = [
         )""",
         "CREATE UNIQUE INDEX leaks_resource ON leaks (provider, kind, external_id)",
     ]),
+    # A label (a matrix cell) can be switched off at run time, without editing
+    # the configuration, when it is known red.
+    (3, [
+        """CREATE TABLE label_switches (
+            label VARCHAR(255) NOT NULL PRIMARY KEY,
+            reason {text} NOT NULL,
+            set_by VARCHAR(255),
+            since DOUBLE NOT NULL
+        )""",
+    ]),
 ]
 
 
@@ -180,6 +190,15 @@ class Result:
 
 
 @dataclasses.dataclass(frozen=True)
+class LabelSwitch:
+    """A label switched off at run time: not launched, not built, skipped by gate runs."""
+    label: str
+    reason: str
+    set_by: str
+    since: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Leak:
     """An untracked server or image of ours, as seen by consecutive reap runs."""
     id: int
@@ -196,7 +215,8 @@ def _columns(cls):
     return [f.name for f in dataclasses.fields(cls)]
 
 
-_TABLES = {Node: 'nodes', Image: 'images', Result: 'results', Leak: 'leaks'}
+_TABLES = {Node: 'nodes', Image: 'images', Result: 'results', Leak: 'leaks',
+           LabelSwitch: 'label_switches'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,6 +478,22 @@ class Session:
     def leaks(self, provider=None, kind=None):
         where, params = self._filters(provider=provider, kind=kind)
         return self._select(Leak, where, params)
+
+    # -- label switches ---------------------------------------------------
+    def disable_label(self, label, reason, set_by=None, now=None):
+        """Switch a label off (again, with this reason if it already was)."""
+        self._execute('DELETE FROM label_switches WHERE label = ?', [label])
+        self._insert('label_switches', {'label': label, 'reason': reason, 'set_by': set_by,
+                                        'since': time.time() if now is None else now})
+
+    def enable_label(self, label):
+        """Switch a label back on; True if it was off."""
+        return self._execute('DELETE FROM label_switches WHERE label = ?',
+                             [label]).rowcount == 1
+
+    def label_switches(self):
+        """{label: LabelSwitch} of the labels switched off at run time."""
+        return {s.label: s for s in self._select(LabelSwitch, order='label')}
 
 
 class Database:

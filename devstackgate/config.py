@@ -115,6 +115,9 @@ GLOBAL_KEYS = {
                                doc='seconds the setup scripts on a template may take'),
     'snapshot-timeout': Key('number', 3600, minimum=1,
                             doc='seconds a snapshot may take to become active'),
+    'disabled-labels': Key('mapping', None,
+                           doc='label: reason; a disabled label (a matrix cell) is neither '
+                               'launched nor built, and gate runs skip it'),
     'gate': Key('mapping', None, doc='settings of devstack-vm-gate.sh'),
     'providers': Key('list'),
 }
@@ -147,7 +150,11 @@ PROVIDER_KEYS = {
 }
 
 IMAGE_KEYS = {
-    'name': Key('name', doc='the label gate jobs ask for'),
+    'name': Key('name', doc='the label gate jobs ask for; with axes, a format such as '
+                            '{release}-{dist} naming every axis'),
+    'axes': Key('mapping', None,
+                doc='axis: [values]; the entry stands for one label per combination '
+                    '(a matrix cell), {axis} in its strings replaced by the value'),
     'base-image': Key('str', doc='image name or regex; newest match wins'),
     'min-ram': Key('int', 2048, minimum=0, doc='smallest flavor with at least this RAM (MB)'),
     'min-ready': Key('int', 1, minimum=0),
@@ -161,7 +168,9 @@ IMAGE_KEYS = {
 }
 
 GATE_KEYS = {
-    'label': Key('name', 'precise', doc='label of the node a gate run fetches'),
+    'labels': Key('strlist', ('precise',),
+                  doc='the labels (cells) a gate run tests, each on its own node; it passes '
+                      'only if every enabled one passes'),
     'git-base': Key('str', 'https://opendev.org',
                     doc='URL or local directory the projects are cloned from'),
     'projects': Key('strlist', ('openstack/devstack',),
@@ -181,6 +190,7 @@ GATE_KEYS = {
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
     name: str
+    axes: dict          # the matrix cell this label is: {axis: value}, or None
     base_image: str
     min_ram: int
     min_ready: int
@@ -226,7 +236,7 @@ class ProviderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
-    label: str
+    labels: tuple
     git_base: str
     projects: tuple
     branch: str
@@ -262,6 +272,7 @@ class Config:
     keep_images: int
     image_build_timeout: float
     snapshot_timeout: float
+    disabled_labels: dict       # label -> why it is switched off, from the configuration
     gate: 'GateConfig'
     providers: tuple
 
@@ -343,12 +354,15 @@ def validate(data, path, check_clouds=True, environ=None):
             errors.append('%s: %s.images: a provider needs at least one image' % (path, where))
         images = []
         seen_images = set()
+        entries = []
         for j, idata in enumerate(p.get('images') or ()):
             iwhere = '%s.images[%d]' % (where, j)
             if not isinstance(idata, dict):
                 errors.append('%s: %s: expected a mapping, got %s'
                               % (path, iwhere, _typename(idata)))
                 continue
+            entries.extend(expand_axes(idata, iwhere, path, errors))
+        for iwhere, idata in entries:
             im = _section(idata, IMAGE_KEYS, iwhere + '.', path, errors)
             if im.get('name') in seen_images:
                 errors.append('%s: %s.name: duplicate image name %r in provider %r'
@@ -365,11 +379,19 @@ def validate(data, path, check_clouds=True, environ=None):
         providers.append(p)
     if 'providers' in top and not top['providers']:
         errors.append('%s: providers: expected at least one provider' % path)
+    known = {im.get('name') for p in providers for im in p['images']}
+    for label, why in (top.get('disabled-labels') or {}).items():
+        if label not in known:
+            errors.append('%s: disabled-labels.%s: no provider offers this label; labels: %s'
+                          % (path, label, ', '.join(sorted(n for n in known if n)) or 'none'))
+        elif not isinstance(why, str) or not why.strip():
+            errors.append('%s: disabled-labels.%s: expected the reason, a string' % (path, label))
     if check_clouds and providers:
         _check_clouds(providers, path, errors, environ)
     if errors:
         raise ConfigError(errors)
     return _build(Config, top, GLOBAL_KEYS, path=path, gate=_build(GateConfig, gate, GATE_KEYS),
+                  disabled_labels=dict(top.get('disabled-labels') or {}),
                   ssh_private_key=os.path.expanduser(top['ssh-private-key']),
                   providers=tuple(_build_provider(p, top) for p in providers))
 
@@ -382,6 +404,44 @@ def _build_provider(p, top):
     return _build(ProviderConfig, p, PROVIDER_KEYS,
                   settings=_build(KIND_SETTINGS[kind], values, KIND_KEYS[kind]),
                   images=tuple(_build(ImageConfig, im, IMAGE_KEYS) for im in p['images']))
+
+
+def expand_axes(data, where, path, errors):
+    """[(where, image entry)]: the entry itself, or one entry per cell of its axes.
+
+    Only ``{axis}`` for a declared axis is replaced, so a shell command's own
+    braces (``${HOME}``) stay as they are.
+    """
+    axes = data.get('axes')
+    if axes is None:
+        return [(where, data)]
+    if (not isinstance(axes, dict) or not axes or not all(
+            isinstance(k, str) and NAME_RE.match(k) and isinstance(v, list) and v
+            and all(isinstance(x, str) and NAME_RE.match(x) for x in v)
+            for k, v in axes.items())):
+        errors.append('%s: %s.axes: expected a mapping of axis names to non-empty lists of '
+                      'names, got %s' % (path, where, _typename(axes)))
+        return []
+    name = data.get('name')
+    missing = [a for a in axes if '{%s}' % a not in str(name)]
+    if missing:
+        errors.append('%s: %s.name: %r must name every axis so each cell has its own label; '
+                      'missing %s' % (path, where, name, ', '.join('{%s}' % a for a in missing)))
+        return []
+    pattern = re.compile(r'\{(%s)\}' % '|'.join(re.escape(a) for a in axes))
+    cells = [{}]
+    for axis, values in axes.items():
+        cells = [dict(cell, **{axis: v}) for cell in cells for v in values]
+
+    def fill(value, cell):
+        if isinstance(value, str):
+            return pattern.sub(lambda m: cell[m.group(1)], value)
+        if isinstance(value, list):
+            return [fill(v, cell) for v in value]
+        return value
+    return [('%s[%s]' % (where, ','.join('%s=%s' % kv for kv in cell.items())),
+             dict({k: fill(v, cell) for k, v in data.items() if k != 'axes'}, axes=cell))
+            for cell in cells]
 
 
 def _build(cls, values, table, **override):

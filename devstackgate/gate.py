@@ -18,14 +18,13 @@ outage, no credentials on this slave) the hourly reaper finishes the job, so
 a gate run never fails or hangs on a cloud API.
 """
 
-import datetime
 import logging
 import os
 import shlex
 import time
 
 import vmdatabase
-from devstackgate import fetch
+from devstackgate import cells, fetch, log as console
 from devstackgate.errors import GateError, UsageError
 
 log = logging.getLogger('gate')
@@ -57,19 +56,26 @@ def tempest_selected(environ):
     return environ.get(TEMPEST_ENV, '').strip().lower() in ('1', 'true', 'yes')
 
 
-def settings(config, label=None, environ=None):
-    """The gate's settings as (NAME, value) pairs; GATE_PROJECTS's value is a tuple.
+def settings(config, labels=None, environ=None, db=None):
+    """The gate's settings as (NAME, value) pairs; a tuple value is a bash array.
 
-    Raises UsageError for a label no provider offers, or for two projects that
-    would be cloned to the same directory.
+    `labels` (default gate.labels) are the cells the run tests: GATE_LABELS
+    holds the enabled ones, GATE_SKIPPED and GATE_SKIPPED_WHY the disabled
+    ones and why (switched off in the configuration or in `db`).  Raises
+    UsageError for a label no provider offers, or for two projects that would
+    be cloned to the same directory.
     """
     environ = os.environ if environ is None else environ
     gate = config.gate
-    label = label or gate.label
-    labels = config.labels()
-    if label not in labels:
-        raise UsageError('label %r: no provider offers it; known labels: %s'
-                         % (label, ', '.join(labels) or 'none'))
+    labels = list(dict.fromkeys(labels or gate.labels))
+    known = config.labels()
+    for label in labels:
+        if label not in known:
+            raise UsageError('label %r: no provider offers it; known labels: %s'
+                             % (label, ', '.join(known) or 'none'))
+    off = cells.disabled(config, db)
+    enabled = [label for label in labels if label not in off]
+    skipped = [label for label in labels if label in off]
     seen = {}
     for project in gate.projects:
         name = project.rstrip('/').rsplit('/', 1)[-1]
@@ -80,7 +86,9 @@ def settings(config, label=None, environ=None):
     tempest = tempest_selected(environ)
     return [
         ('GATE_CONFIG', os.path.abspath(config.path)),
-        ('GATE_LABEL', label),
+        ('GATE_LABELS', tuple(enabled)),
+        ('GATE_SKIPPED', tuple(skipped)),
+        ('GATE_SKIPPED_WHY', tuple(off[label] for label in skipped)),
         ('GATE_GIT_BASE', gate.git_base.rstrip('/') or gate.git_base),
         ('GATE_PROJECTS', tuple(p.strip('/') for p in gate.projects)),
         ('GATE_BRANCH', gate.branch),
@@ -118,11 +126,6 @@ def hold_reason(result, change, job, build, detail=None):
 
 def describe(node):
     return '%s (%s, id %d)' % (node.name or 'node-%d' % node.id, node.provider, node.id)
-
-
-def _utc(ts):
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
-        '%Y-%m-%d %H:%M UTC')
 
 
 def finish(config, node_id, result, result_id=None, detail=None, environ=None, db=None,
@@ -179,7 +182,7 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
                     describe(node), result, ran, node.state)
     elif action == 'hold':
         log.info('node %s: result %s%s; held until %s (%s h) for %s: %s',
-                 describe(node), result, ran, _utc(hold['hold_until']),
+                 describe(node), result, ran, console.utc(hold['hold_until']),
                  _number(config.hold_hours), hold['held_by'], hold['hold_reason'])
     else:
         ok, outcome = _delete_server(config, node, connect, environ)

@@ -33,7 +33,7 @@ import time
 import paramiko
 
 import vmdatabase
-from devstackgate import cloud, launch, ssh, wait
+from devstackgate import cells, cloud, launch, ssh, wait
 from devstackgate.errors import GateError, UsageError
 
 log = logging.getLogger('image')
@@ -377,8 +377,14 @@ def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=
         db = db or vmdatabase.Database.from_config(config).upgrade()
         pool_key, _ = ssh.ensure_private_key(config.ssh_private_key)
         builder = Builder(config, provider, db, adapter, pool_key, devstack_dir=devstack_dir)
+    # A dry run knows only the configuration's switches: it opens no database.
+    disabled = cells.disabled(config, None if dry_run else db)
     outcome = {}
     for image in images:
+        if image.name in disabled:
+            log.info('%s %s: %s; not building', provider.name, image.name, disabled[image.name])
+            outcome[image.name] = 'disabled'
+            continue
         if image.paused:
             log.info('%s %s: paused; not building', provider.name, image.name)
             outcome[image.name] = 'paused'

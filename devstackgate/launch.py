@@ -27,7 +27,7 @@ import threading
 import time
 
 import vmdatabase
-from devstackgate import cloud, ssh, wait
+from devstackgate import cells, cloud, ssh, wait
 from devstackgate.errors import GateError
 
 log = logging.getLogger('launch')
@@ -169,10 +169,16 @@ class Launcher:
         held = sum(1 for n in rows if n.state != 'delete' or n.external_id) + len(untracked)
         capacity = max(0, self.provider.max_servers - held)
         counts = collections.Counter((n.label, n.state) for n in rows)
+        disabled = cells.disabled(self.config, self.db)
         wanted = {}
         for image in self.provider.images:
             s = self._label(image.name)
             s.ready, s.building = counts[(image.name, 'ready')], counts[(image.name, 'building')]
+            if image.name in disabled:
+                s.note = disabled[image.name]
+                log.info('%s %s: %s; not launching', self.provider.name, image.name,
+                         disabled[image.name])
+                continue
             if image.paused:
                 s.note = 'paused'
                 continue

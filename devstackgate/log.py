@@ -7,6 +7,7 @@ while a node boots, the cloud clients' request logs) are not steps of ours:
 they are demoted to debug, shown only with --verbose.
 """
 
+import datetime
 import logging
 import sys
 
@@ -43,3 +44,9 @@ def setup(verbose=False, stream=None):
     root.setLevel(level)
     for name in LIBRARIES:      # not even made into records unless asked for
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def utc(ts):
+    """An epoch time as operators read it on a console: 2013-09-03 04:01 UTC."""
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime(
+        '%Y-%m-%d %H:%M UTC')

@@ -137,7 +137,7 @@ def change_env(ref, number=None, project='openstack/devstack', branch='master'):
 
 def gate_pool(tmp_path, clouds, db_url, git_base, **gate):
     """One provider 'rax' on the local cloud, min-ready 1, with a gate section."""
-    settings = {'label': 'precise', 'git-base': git_base,
+    settings = {'labels': ['precise'], 'git-base': git_base,
                 'projects': ['openstack/devstack', 'openstack/nova'],
                 'test-timeout': 30, 'fetch-wait': 5, 'git-timeout': 20, 'git-retries': 2,
                 'rsync-timeout': 30}

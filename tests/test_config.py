@@ -140,3 +140,21 @@ def test_readme_lists_every_key_as_the_tables_say():
     start = text.index('.. config-reference-start\n\n') + len('.. config-reference-start\n\n')
     end = text.index('\n.. config-reference-end')
     assert text[start:end] == config.reference()
+
+
+def test_a_label_matrix_expands_to_named_labels_with_a_cell_disabled():
+    cfg = config.load(os.path.join(FIXTURES, 'matrix.yaml'), environ=ENV)
+    rax = cfg.provider('rax')
+    assert [i.name for i in rax.images] == [
+        'icehouse-f20', 'icehouse-epel7', 'juno-f20', 'juno-epel7', 'precise']
+    cell = rax.image('juno-epel7')
+    assert cell.axes == {'release': 'juno', 'dist': 'epel7'}
+    assert cell.base_image == 'epel7 base'
+    assert cell.setup == ('prepare-node.sh --branches stable/juno',)
+    # Only declared axes are replaced: the shell's own braces stay.
+    assert cell.ready_check == 'test -d "${HOME}" && grep -q epel7 /etc/issue'
+    assert rax.image('precise').axes is None
+    assert cfg.labels() == ['icehouse-epel7', 'icehouse-f20', 'juno-epel7', 'juno-f20',
+                            'precise']
+    assert cfg.disabled_labels == {'icehouse-f20': 'known red: bug 1338000'}
+    assert cfg.gate.labels == ('icehouse-f20', 'icehouse-epel7', 'juno-f20', 'juno-epel7')

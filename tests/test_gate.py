@@ -25,7 +25,7 @@ from devstackgate import gate
 from localcloud.testing import local_clouds
 from tests.gate_helpers import (GateRun, change_env, gate_pool, gerrit_with_changes,
                                 local_cloud_config)
-from tests.pool import ROOT
+from tests.pool import ROOT, Pool, provider
 
 SCRIPT = os.path.join(ROOT, 'devstack-vm-gate.sh')
 JOB = 'gate-integration-tests-devstack-vm'
@@ -354,7 +354,7 @@ def test_bad_configuration_names_the_key(tmp_path, sqlite_url):
 def test_help():
     proc = subprocess.run([SCRIPT, '--help'], capture_output=True, text=True, timeout=10)
     assert proc.returncode == 0
-    assert proc.stdout.startswith('usage: devstack-vm-gate.sh [--config PATH] [--label LABEL] '
+    assert proc.stdout.startswith('usage: devstack-vm-gate.sh [--config PATH] [--label LABEL]... '
                                   '[--help]')
     assert 'DEVSTACK_GATE_TEMPEST=1' in proc.stdout
 
@@ -376,7 +376,7 @@ def test_settings_round_trip_through_bash_eval(tmp_path, sqlite_url):
                           **{'test-command': command, 'test-timeout': 2.5})
     script = ('set -euo pipefail; eval "$("$PY" -m devstackgate.cmd.gate_settings --config "$C")"; '
               'printf "%s\\n" "$GATE_TEST_COMMAND" "${#GATE_PROJECTS[@]}" "${GATE_PROJECTS[1]}" '
-              '"$GATE_GIT_BASE" "$GATE_TEST_TIMEOUT" "$GATE_TEST_SAFETY_TIMEOUT" "$GATE_LABEL" '
+              '"$GATE_GIT_BASE" "$GATE_TEST_TIMEOUT" "$GATE_TEST_SAFETY_TIMEOUT" "${GATE_LABELS[*]}" '
               '"$GATE_HOLD_HOURS" "$GATE_SSH_KEY" "$GATE_CONFIG" "$GATE_TEMPEST"')
     env = dict(os.environ, PY=sys.executable, C=config, PYTHONPATH=ROOT)
     env.pop('DEVSTACK_GATE_TEMPEST', None)
@@ -498,3 +498,75 @@ def test_finish_command_exit_codes(tmp_path, sqlite_url):
     assert proc.returncode == 0, proc.stderr
     assert 'the node is hold, not used, so it is left as it is' in proc.stderr
     assert db.transact(lambda s: s.get_node(node.id)).state == 'hold'
+
+
+# -- several cells ------------------------------------------------------------------------
+
+def test_a_multi_cell_run_passes_only_if_every_enabled_cell_passes(tmp_path, gerrit, sqlite_url):
+    """Two labels at once on their own nodes; one fails, so the run fails.  Switched off at
+    run time, the failing cell is skipped (and not launched), named with its reason, and the
+    run passes on the other."""
+    images = [{'name': label, 'base-image': 'Ubuntu 12.04 LTS', 'min-ram': 512, 'min-ready': 1}
+              for label in ('precise', 'oneiric')]
+    with local_clouds(local_cloud_config(tmp_path), tmp_dir=str(tmp_path)) as clouds:
+        pool = Pool(tmp_path, clouds, sqlite_url, [provider('rax', images=images)],
+                    gate={'labels': ['precise', 'oneiric'], 'git-base': gerrit.base,
+                          'projects': ['openstack/devstack'], 'fetch-wait': 5,
+                          'test-timeout': 30, 'rsync-timeout': 30,
+                          # The cell's label reaches the test command.
+                          'test-command': 'cd devstack && ./exercise.sh && '
+                                          'echo "cell is $DEVSTACK_GATE_LABEL" && '
+                                          'test "$DEVSTACK_GATE_LABEL" != oneiric'})
+        for label in ('precise', 'oneiric'):
+            pool.seed_base_images('rax', label)
+        assert pool.run('devstack-vm-launch.py', 'rax').returncode == 0
+        run = GateRun(pool, tmp_path / 'jenkins', **change_env(gerrit.changes['pass']))
+        code, out = run.run(timeout=180)
+        assert code == 1, out
+        lines = out.splitlines()
+        assert any(re.fullmatch(STAMP + r'devstack-vm-gate: %s #42: testing 2 cell\(s\) at '
+                                r'once, each on its own node: precise oneiric' % JOB, l)
+                   for l in lines), out
+        assert '[precise] cell is precise' in lines and '[oneiric] cell is oneiric' in lines
+        assert any(l.startswith('[precise] NODE_PROVIDER=rax') for l in lines), out
+        assert re.search(r'cell precise: passed; logs in \S+/logs/precise', out)
+        assert re.search(r'cell oneiric: FAILED \(exit 1\); logs in \S+/logs/oneiric', out)
+        assert lines[-1].endswith('%s #42: failure: 1 of 2 enabled cell(s) failed' % JOB), out
+        assert 'hello.sh: change 1001 is on the node' in run.log('precise/test.txt')
+        assert 'NODE_PROVIDER=rax' in run.log('oneiric/fetch.txt')
+        by_label = {n.label: n for n in pool.nodes()}
+        assert (by_label['precise'].state, by_label['oneiric'].state) == ('delete', 'hold')
+        assert sorted(r.result for r in results(pool)) == ['failure', 'success']
+        assert not (tmp_path / 'jenkins' / 'cells').exists()
+
+        pool.db.transact(lambda s: s.disable_label('oneiric', 'known red: bug 1338000',
+                                                   set_by='ops'))
+        proc = pool.run('devstack-vm-launch.py', 'rax')
+        assert proc.returncode == 0, proc.stderr
+        assert re.search(r'rax oneiric: disabled by ops since [-0-9: ]+UTC: known red: bug '
+                         r'1338000; not launching', proc.stderr), proc.stderr
+        assert [n.label for n in pool.nodes(state='ready')] == ['precise']
+        run = GateRun(pool, tmp_path / 'jenkins', build='43',
+                      **change_env(gerrit.changes['pass']))
+        code, out = run.run(timeout=180)
+        assert code == 0, out
+        skipped = [l for l in out.splitlines() if 'cell oneiric: skipped: disabled by ops' in l]
+        assert len(skipped) == 2 and skipped[0].endswith('known red: bug 1338000'), out
+        assert out.splitlines()[-1].endswith(
+            '%s #43: success: all 1 enabled cell(s) passed; skipped: oneiric' % JOB), out
+        assert [r.result for r in results(pool)][-1] == 'success'
+
+
+def test_a_run_whose_every_cell_is_disabled_fails_before_fetching(tmp_path, gerrit, sqlite_url):
+    config = write_config(tmp_path, sqlite_url, gerrit.base, labels=['precise'],
+                          projects=['openstack/devstack'])
+    data = yaml.safe_load(open(config))
+    data['disabled-labels'] = {'precise': 'the mirror is down'}
+    with open(config, 'w') as f:
+        yaml.safe_dump(data, f)
+    run = GateRun(ConfigOnly(config), tmp_path / 'jenkins')
+    code, out = run.run()
+    assert code == 1, out
+    assert re.search(r'cell precise: skipped: disabled in \S+: the mirror is down', out), out
+    assert out.splitlines()[-1].endswith('every cell of this run is disabled; nothing was '
+                                         'tested'), out

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,6 +201,27 @@ def test_paused_label_and_missing_script(built):
     assert proc.returncode == 2
     assert "setup script 'no-such.sh' not found" in proc.stderr
     assert built.clouds['rax'].calls('POST /compute/v2.1/servers') == 0
+
+
+def test_disabled_label_is_not_built(built):
+    """Switched off in the configuration or at run time, a cell is not built."""
+    built.data['disabled-labels'] = {'precise': 'known red: bug 1338000'}
+    built.write()
+    proc = build(built)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r'rax precise: disabled in \S+: known red: bug 1338000; not building',
+                     proc.stderr), proc.stderr
+    del built.data['disabled-labels']
+    built.write()
+    built.db.transact(lambda s: s.disable_label('precise', 'mirror down', set_by='ops'))
+    proc = build(built)
+    assert proc.returncode == 0, proc.stderr
+    assert 'rax precise: disabled by ops since' in proc.stderr and 'mirror down' in proc.stderr
+    assert built.clouds['rax'].calls('POST /compute/v2.1/servers') == 0
+    assert built.db.transact(lambda s: s.images()) == []
+    assert built.db.transact(lambda s: s.enable_label('precise'))
+    assert build(built).returncode == 0
+    assert current(built) is not None
 
 
 def git(*args, cwd=None):

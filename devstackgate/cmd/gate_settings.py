@@ -9,8 +9,10 @@ override is DEVSTACK_GATE_TEMPEST=1, which selects the tempest test command.
 
 import sys
 
+import vmdatabase
 from devstackgate import gate
 from devstackgate.cmd import common
+from devstackgate.errors import DatabaseError
 
 PROG = 'devstack-vm-gate-settings'
 
@@ -19,11 +21,24 @@ def main(argv=None):
     p = common.parser(PROG, 'Print the settings of devstack-vm-gate.sh as shell-quoted GATE_*= '
                       'lines for eval.  $%s=1 selects the tempest test command.'
                       % gate.TEMPEST_ENV)
-    p.add_argument('--label', metavar='LABEL',
-                   help='label of the node to fetch (default: gate.label)')
+    p.add_argument('--label', action='append', metavar='LABEL',
+                   help='a label (cell) to test, repeatable (default: gate.labels)')
+    p.add_argument('--no-switches', action='store_true',
+                   help='do not read the run-time label switches from the database (a cell '
+                        'run of a multi-cell gate, whose parent already did)')
 
     def body(args, config):
-        for line in gate.shell_lines(gate.settings(config, label=args.label)):
+        db = None
+        if not args.no_switches:
+            db = vmdatabase.Database.from_config(config, read_only=True)
+            try:
+                db.transact(lambda s: s.label_switches())
+            except DatabaseError as e:
+                # No database yet (or no schema): no cell was switched off at run time.
+                print('%s: cannot read the label switches (%s); testing every cell not '
+                      'disabled in the configuration' % (PROG, e), file=sys.stderr)
+                db = None
+        for line in gate.shell_lines(gate.settings(config, labels=args.label, db=db)):
             print(line)
 
     return common.run(PROG, p, argv, body, check_clouds=False)
