@@ -543,10 +543,16 @@ class Database:
         try:
             conn = sqlite3.connect(target, timeout=self.lock_timeout, isolation_level=None,
                                    uri=uri)
+        except sqlite3.OperationalError as e:
+            raise self._translate(e)
+        try:
             conn.execute('PRAGMA busy_timeout=%d' % int(self.lock_timeout * 1000))
-            if not self.read_only:
+            # Switching to WAL does not wait out a busy database (a new file another
+            # process is writing): then it is busy, and retried like any lock wait.
+            if not self.read_only and conn.execute('PRAGMA journal_mode').fetchone()[0] != 'wal':
                 conn.execute('PRAGMA journal_mode=WAL')
         except sqlite3.OperationalError as e:
+            _quiet_close(conn)
             raise self._translate(e)
         return conn
 
@@ -667,7 +673,10 @@ class Database:
         Opening an up-to-date database (every fetch does) costs one plain read;
         only a missing or older schema takes the upgrade lock.
         """
-        conn = self._connect()
+        try:
+            conn = self._connect()
+        except DatabaseError:       # busy, or not there yet: the upgrade finds out, retrying
+            return None
         try:
             cur = conn.cursor()
             cur.execute('SELECT version FROM schema_version')

@@ -350,3 +350,20 @@ def test_opening_an_up_to_date_database_takes_no_lock(sqlite_url):
         blocker.execute('ROLLBACK')
         blocker.close()
     assert reopened.claim_node('precise', 'job')[0] is not None
+
+
+def test_upgrading_a_new_file_another_process_is_writing_waits_for_it(tmp_path):
+    """Two stages starting together on a new SQLite database: the second waits, not fails."""
+    import threading
+    path = tmp_path / 'new.db'
+    blocker = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    blocker.execute('BEGIN IMMEDIATE')
+    blocker.execute('CREATE TABLE other_writer (x INTEGER)')
+    release = threading.Timer(0.5, lambda: blocker.execute('COMMIT'))
+    release.start()
+    try:
+        db = vmdatabase.Database('sqlite:///%s' % path, lock_timeout=1, retries=6).upgrade()
+        assert db.version() == vmdatabase.schema_version()
+    finally:
+        release.join()
+        blocker.close()
