@@ -2,6 +2,9 @@
 # dev.sh: the set-up commands of a fresh machine.
 #
 #   ./dev.sh test [PYTEST ARGS...]   install what is missing, find or start MariaDB, run the tests
+#   ./dev.sh demo [--keep] [--workdir DIR]
+#                                    install what is missing, then run the whole pool (images,
+#                                    launch, gate jobs, reap) on two local clouds and SQLite
 #
 # It installs missing system packages with apt-get when run as root (rsync, the
 # OpenSSH client, git, shellcheck, curl, a MariaDB server when none answers), keeps a virtualenv in
@@ -174,7 +177,17 @@ cmd_test() {
     return "$rc"
 }
 
+cmd_demo() {
+    # The demo needs no MariaDB: the pool runs on the embedded SQLite default.
+    ensure_system_packages
+    ensure_venv
+    # exec: Ctrl-C and SIGTERM reach the demo itself, which stops its steps and clouds.
+    exec "$VENV/bin/python" -m devstackgate.demo "$@"
+}
+
 case "${1:-}" in
     test) shift; cmd_test "$@" ;;
-    *) echo "usage: ./dev.sh test [PYTEST ARGS...]" >&2; exit 2 ;;
+    demo) shift; cmd_demo "$@" ;;
+    *) printf '%s\n' "usage: ./dev.sh test [PYTEST ARGS...]" \
+           "       ./dev.sh demo [--keep] [--workdir DIR]" >&2; exit 2 ;;
 esac
