@@ -7,7 +7,8 @@
 #                                    launch, gate jobs, reap) on two local clouds and SQLite
 #
 # It installs missing system packages with apt-get when run as root (rsync, the
-# OpenSSH client, git, shellcheck, curl, a MariaDB server when none answers), keeps a virtualenv in
+# OpenSSH client, git, shellcheck, curl, chromium and a font for the status page's
+# browser test, a MariaDB server when none answers), keeps a virtualenv in
 # .venv (reinstalled when pyproject.toml changes), and runs pytest.
 #
 # MariaDB for the tests: $DEVSTACK_GATE_TEST_MYSQL_URL if set, else
@@ -66,6 +67,9 @@ ensure_system_packages() {
     command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
     command -v tar >/dev/null 2>&1 || missing+=(tar)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    # The status page's test renders it in a real headless browser.
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
     if ((${#missing[@]})); then
         apt_install "${missing[@]}"
     fi

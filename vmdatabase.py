@@ -43,6 +43,10 @@ OPTION_FILE_ENV = 'DEVSTACK_GATE_DB_OPTION_FILE'
 NODE_STATES = ('building', 'ready', 'used', 'hold', 'delete', 'error')
 IMAGE_STATES = ('building', 'ready', 'delete')
 RESULTS = ('running', 'success', 'failure', 'timeout', 'aborted')
+# How a launch ended (the launches table): 'ready', it joined the pool; 'used',
+# it passed its checks and went straight to its claimant (an image build's
+# canary); 'failed', its server was deleted, with the reason (error, timeout, ...).
+LAUNCH_OUTCOMES = ('ready', 'used', 'failed')
 
 # MySQL error numbers that mean "try the transaction again".
 _MYSQL_LOCK_WAIT_TIMEOUT = 1205
@@ -129,6 +133,36 @@ MIGRATIONS = [
             since DOUBLE NOT NULL
         )""",
     ]),
+    # Image builds of a label can be paused at run time too (bad image days),
+    # for one provider or, with provider NULL, for all of them.  A pause stops
+    # builds only: launches go on from the current (or previous) image.
+    (4, [
+        """CREATE TABLE image_pauses (
+            id {pk},
+            label VARCHAR(255) NOT NULL,
+            provider VARCHAR(255),
+            reason {text},
+            set_by VARCHAR(255),
+            since DOUBLE NOT NULL
+        )""",
+        "CREATE INDEX image_pauses_label ON image_pauses (label, provider)",
+    ]),
+    # How each launch ended, kept after the reaper deletes the node row, so the
+    # launch failure rates and times to ready of the last days can be counted
+    # (devstackgate.stats) and the ready pool drawn over time (status page).
+    (5, [
+        """CREATE TABLE launches (
+            id {pk},
+            provider VARCHAR(255) NOT NULL,
+            label VARCHAR(255) NOT NULL,
+            node_id INTEGER,
+            outcome VARCHAR(16) NOT NULL,
+            reason VARCHAR(255),
+            seconds DOUBLE,
+            finished DOUBLE NOT NULL
+        )""",
+        "CREATE INDEX launches_finished ON launches (finished)",
+    ]),
 ]
 
 
@@ -199,6 +233,30 @@ class LabelSwitch:
 
 
 @dataclasses.dataclass(frozen=True)
+class ImagePause:
+    """Image builds of a label paused at run time, for one provider or (None) all."""
+    id: int
+    label: str
+    provider: str
+    reason: str
+    set_by: str
+    since: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How one launch ended: kept after the node row is gone."""
+    id: int
+    provider: str
+    label: str
+    node_id: int
+    outcome: str            # one of LAUNCH_OUTCOMES
+    reason: str             # why it failed (the node's fail_reason), else None
+    seconds: float          # from the node row's creation to this outcome
+    finished: float         # when
+
+
+@dataclasses.dataclass(frozen=True)
 class Leak:
     """An untracked server or image of ours, as seen by consecutive reap runs."""
     id: int
@@ -216,7 +274,7 @@ def _columns(cls):
 
 
 _TABLES = {Node: 'nodes', Image: 'images', Result: 'results', Leak: 'leaks',
-           LabelSwitch: 'label_switches'}
+           LabelSwitch: 'label_switches', ImagePause: 'image_pauses', Launch: 'launches'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,8 +437,8 @@ class Session:
         rows = self._select(Node, 'id = ?', [node_id])
         return rows[0] if rows else None
 
-    def nodes(self, provider=None, label=None, state=None, order='id'):
-        where, params = self._filters(provider=provider, label=label, state=state)
+    def nodes(self, provider=None, label=None, state=None, name=None, order='id'):
+        where, params = self._filters(provider=provider, label=label, state=state, name=name)
         return self._select(Node, where, params, order=order)
 
     def update_node(self, node_id, **fields):
@@ -446,6 +504,14 @@ class Session:
         where, params = self._filters(node_id=node_id, result=result)
         return self._select(Result, where, params)
 
+    def results_between(self, since, until=None):
+        """The results of gate runs started at or after `since` (and, given
+        `until`, at or before it), oldest first."""
+        where, params = 'start_time >= ?', [since]
+        if until is not None:
+            where, params = where + ' AND start_time <= ?', params + [until]
+        return self._select(Result, where, params, order='start_time, id')
+
     def finish_result(self, result_id, result, now=None):
         if result not in RESULTS:
             raise ValueError('unknown result %r; valid: %s' % (result, ', '.join(RESULTS)))
@@ -494,6 +560,61 @@ class Session:
     def label_switches(self):
         """{label: LabelSwitch} of the labels switched off at run time."""
         return {s.label: s for s in self._select(LabelSwitch, order='label')}
+
+    # -- image pauses -----------------------------------------------------
+    def pause_image(self, label, provider=None, reason=None, set_by=None, now=None):
+        """Pause image builds of a label for one provider, or (None) for all
+        (again, with this reason, if it already was).  Returns the ImagePause."""
+        self._delete_pauses(label, provider)
+        pause_id = self._insert('image_pauses', {
+            'label': label, 'provider': provider, 'reason': reason, 'set_by': set_by,
+            'since': time.time() if now is None else now})
+        return self._select(ImagePause, 'id = ?', [pause_id])[0]
+
+    def unpause_image(self, label, provider=None):
+        """Lift the pause of a label for one provider (only that provider's own
+        pause), or, with provider None, every pause of the label.  Returns how
+        many were lifted."""
+        if provider is None:
+            return self._execute('DELETE FROM image_pauses WHERE label = ?', [label]).rowcount
+        return self._delete_pauses(label, provider)
+
+    def _delete_pauses(self, label, provider):
+        if provider is None:
+            sql, params = 'DELETE FROM image_pauses WHERE label = ? AND provider IS NULL', [label]
+        else:
+            sql, params = 'DELETE FROM image_pauses WHERE label = ? AND provider = ?', [
+                label, provider]
+        return self._execute(sql, params).rowcount
+
+    def image_pauses(self, label=None):
+        """[ImagePause] of the labels whose builds are paused at run time."""
+        where, params = self._filters(label=label)
+        return self._select(ImagePause, where, params, order='label, id')
+
+    # -- launch history ---------------------------------------------------
+    def record_launch(self, provider, label, node_id, outcome, reason, seconds, now=None):
+        """Note how a launch ended (see LAUNCH_OUTCOMES); the Launch row."""
+        if outcome not in LAUNCH_OUTCOMES:
+            raise ValueError('unknown launch outcome %r; valid: %s'
+                             % (outcome, ', '.join(LAUNCH_OUTCOMES)))
+        launch_id = self._insert('launches', {
+            'provider': provider, 'label': label, 'node_id': node_id, 'outcome': outcome,
+            'reason': reason, 'seconds': seconds,
+            'finished': time.time() if now is None else now})
+        return self._select(Launch, 'id = ?', [launch_id])[0]
+
+    def launches(self, since=None, until=None, provider=None, label=None):
+        """[Launch] that ended at or after `since` (and at or before `until`), oldest first."""
+        where, params = self._filters(provider=provider, label=label)
+        clauses = [where] if where else []
+        if since is not None:
+            clauses.append('finished >= ?')
+            params.append(since)
+        if until is not None:
+            clauses.append('finished <= ?')
+            params.append(until)
+        return self._select(Launch, ' AND '.join(clauses), params, order='finished, id')
 
 
 class Database:

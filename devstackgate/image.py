@@ -35,6 +35,7 @@ import paramiko
 import vmdatabase
 from devstackgate import cells, cloud, launch, ssh, wait
 from devstackgate.errors import GateError, UsageError
+from devstackgate.log import utc as log_utc
 
 log = logging.getLogger('image')
 
@@ -349,6 +350,25 @@ class Builder:
                 self.adapter.delete_quietly('image', old.external_id, self._tag(label))
 
 
+def paused(config, provider, db=None):
+    """{label: why} for the labels of `provider` whose image builds are paused:
+    ``paused: true`` in the configuration, or (given a database) a run-time
+    pause for this provider or for all of them (``Session.pause_image``).
+
+    A pause stops image builds only; launches go on from the current image.
+    """
+    off = {image.name: 'paused' for image in provider.images if image.paused}
+    offered = {image.name for image in provider.images}
+    pauses = db.transact(lambda s: s.image_pauses()) if db is not None else []
+    for pause in pauses:
+        if pause.label in offered and pause.provider in (None, provider.name):
+            off.setdefault(pause.label, 'paused%s since %s%s%s' % (
+                ' by %s' % pause.set_by if pause.set_by else '', log_utc(pause.since),
+                '' if pause.provider else ' for all providers',
+                ': %s' % pause.reason if pause.reason else ''))
+    return off
+
+
 def labels_to_build(provider, label=None):
     if label is not None:
         if provider.image(label) is None:
@@ -379,14 +399,15 @@ def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=
         builder = Builder(config, provider, db, adapter, pool_key, devstack_dir=devstack_dir)
     # A dry run knows only the configuration's switches: it opens no database.
     disabled = cells.disabled(config, None if dry_run else db)
+    pauses = paused(config, provider, None if dry_run else db)
     outcome = {}
     for image in images:
         if image.name in disabled:
             log.info('%s %s: %s; not building', provider.name, image.name, disabled[image.name])
             outcome[image.name] = 'disabled'
             continue
-        if image.paused:
-            log.info('%s %s: paused; not building', provider.name, image.name)
+        if image.name in pauses:
+            log.info('%s %s: %s; not building', provider.name, image.name, pauses[image.name])
             outcome[image.name] = 'paused'
             continue
         if dry_run:

@@ -5,7 +5,9 @@ One run (what Jenkins starts every ten minutes, one matrix cell per provider):
 1. list the provider's servers once, and pick up nodes an earlier run left
    building (a node row is written before its server is created, and the
    server carries the node id in its metadata, so nothing is lost to a crash);
-2. per label that is not paused and has a current image:
+2. per label that is not disabled and has a current image (a paused label is
+   launched too: a pause stops image builds only, so the pool keeps being
+   topped up from the current image, or the previous one after a demote):
    deficit = min-ready - (ready + building), all labels together capped by
    max-servers minus everything this provider holds (every node row in any
    state, plus our tagged servers that have no node row, such as image
@@ -109,8 +111,17 @@ class Launcher:
         self.db.transact(lambda s: s.update_node(node_id, **fields))
 
     def _finish(self, node, to_state, **fields):
-        """Move a building node on, unless someone (the reaper) took it meanwhile."""
-        if self.db.transact(lambda s: s.transition(node, to_state, **fields)):
+        """Move a building node on, unless someone (the reaper) took it meanwhile;
+        the launch history (kept after the row is reaped) notes how it ended."""
+        def tx(s):
+            now = time.time()
+            if not s.transition(node, to_state, now=now, **fields):
+                return False
+            s.record_launch(node.provider, node.label, node.id,
+                            'failed' if to_state == 'delete' else to_state,
+                            fields.get('fail_reason'), now - node.created, now)
+            return True
+        if self.db.transact(tx):
             return True
         log.warning('%s: no longer building (changed by another run); leaving it as it is',
                     describe(node))
@@ -178,9 +189,6 @@ class Launcher:
                 s.note = disabled[image.name]
                 log.info('%s %s: %s; not launching', self.provider.name, image.name,
                          disabled[image.name])
-                continue
-            if image.paused:
-                s.note = 'paused'
                 continue
             current = self.db.transact(
                 lambda ses: ses.current_image(self.provider.name, image.name))

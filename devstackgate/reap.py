@@ -31,34 +31,36 @@ A dry run reads the same lists and rows and prints the same lines, prefixed
 
 Reasons per resource:
 
-=================  ==========================================================
-delete             a node row already in delete (launch or build failures,
-                   earlier reap runs, canaries); an image row in delete
-                   without a reason of ours
-error              a node row in error
-used-too-long      used longer than max-used-hours: its job died
-hold-expired       held past hold_until (or hold-hours after it was held)
-build-timeout      building longer than the provider's boot-timeout
-image-not-current  ready, booted from an image that is no longer current
-                   (kept while there is no current image at all, and for a
-                   canary of an image still being built)
-ready-too-old      ready longer than max-ready-hours after it was created
-failed-build       an image row a build marked delete, and extra snapshots
-                   of a ready image's build
-interrupted-build  an image row building longer than a build can take:
-                   image-build-timeout + snapshot-timeout + boot-timeout +
-                   launch-deadline (the canary) + ready-check-timeout
-beyond-retention   a ready image older than the newest keep-images
-                   non-demoted ready images (current and previous are kept)
-demoted            a ready image an operator demoted
-image-vanished     a ready image row whose glance image is gone from the cloud
-                   (launch could not boot from it)
-template-done      the template server of an image no longer building
-leaked             an untracked server or image of ours, seen twice, past
-                   the grace period
-leaked-keypair     the fresh keypair of an image build that is no longer
-                   building (a build that crashed before deleting it)
-=================  ==========================================================
+===================  ==========================================================
+delete               a node row already in delete (launch or build failures,
+                     earlier reap runs, canaries); an image row in delete
+                     without a reason of ours
+error                a node row in error
+used-too-long        used longer than max-used-hours: its job died
+hold-expired         held past hold_until (or hold-hours after it was held)
+build-timeout        building longer than the provider's boot-timeout
+image-not-current    ready, booted from an image that is no longer current
+                     (kept while there is no current image at all, and for a
+                     canary of an image still being built)
+ready-too-old        ready longer than max-ready-hours after it was created
+failed-build         an image row a build marked delete, and extra snapshots
+                     of a ready image's build
+interrupted-build    an image row building longer than a build can take:
+                     image-build-timeout + snapshot-timeout + boot-timeout +
+                     launch-deadline (the canary) + ready-check-timeout
+beyond-retention     a ready image older than the newest keep-images
+                     non-demoted ready images (current and previous are kept)
+demoted              a ready image an operator demoted
+deleted-by-operator  an image row an operator deleted (``devstack-gate
+                     image-delete``): the previous ready image is current
+image-vanished       a ready image row whose glance image is gone from the cloud
+                     (launch could not boot from it)
+template-done        the template server of an image no longer building
+leaked               an untracked server or image of ours, seen twice, past
+                     the grace period
+leaked-keypair       the fresh keypair of an image build that is no longer
+                     building (a build that crashed before deleting it)
+===================  ==========================================================
 """
 
 import collections
@@ -76,11 +78,13 @@ log = logging.getLogger('reap')
 
 REASONS = ('delete', 'error', 'used-too-long', 'hold-expired', 'build-timeout',
            'image-not-current', 'ready-too-old', 'failed-build', 'interrupted-build',
-           'beyond-retention', 'demoted', 'image-vanished', 'template-done', 'leaked',
-           'leaked-keypair')
+           'beyond-retention', 'demoted', 'deleted-by-operator', 'image-vanished',
+           'template-done', 'leaked', 'leaked-keypair')
 # An image row marked delete by the reaper or the builder carries one of
 # these as its fail_reason; later runs count it under the same reason.
-IMAGE_ROW_REASONS = ('interrupted-build', 'beyond-retention', 'demoted', 'image-vanished')
+IMAGE_ROW_REASONS = ('interrupted-build', 'beyond-retention', 'demoted', 'deleted-by-operator',
+                     'image-vanished')
+REASON_WIDTH = max(len(r) for r in REASONS + ('changed-under-us',))
 
 HOUR = 3600.0
 
@@ -156,7 +160,8 @@ class Summary:
         head = 'reap %s%s: what this run %s, and the rows that remain' % (
             self.provider, ' (dry run)' if self.dry_run else '',
             'would delete' if self.dry_run else 'deleted')
-        return [head] + ['  %-12s  %-17s  %5d' % row for row in rows]
+        return [head] + ['  %-12s  %-*s  %5d' % (what, REASON_WIDTH, reason, n)
+                         for what, reason, n in rows]
 
 
 # -- what belongs to whom -----------------------------------------------------------

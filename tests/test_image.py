@@ -203,6 +203,22 @@ def test_paused_label_and_missing_script(built):
     assert built.clouds['rax'].calls('POST /compute/v2.1/servers') == 0
 
 
+def test_label_paused_in_the_database_is_not_built(built):
+    """A pause needs no configuration edit on a bad night: devstack-gate image-pause."""
+    for args in (('precise', '--reason', 'bad mirror'), ('precise', '--provider', 'rax')):
+        proc = built.run('devstack-gate.py', 'image-pause', *args, env={'USER': 'ops'})
+        assert proc.returncode == 0, proc.stderr
+        proc = build(built)
+        assert proc.returncode == 0, proc.stderr
+        assert re.search(r'rax precise: paused by ops since [^;]+; not building', proc.stderr), \
+            proc.stderr
+        if '--reason' in args:
+            assert 'for all providers: bad mirror; not building' in proc.stderr
+        assert built.run('devstack-gate.py', 'image-unpause', 'precise').returncode == 0
+    assert built.clouds['rax'].calls('POST /compute/v2.1/servers') == 0
+    assert built.db.transact(lambda s: s.images()) == []
+
+
 def test_disabled_label_is_not_built(built):
     """Switched off in the configuration or at run time, a cell is not built."""
     built.data['disabled-labels'] = {'precise': 'known red: bug 1338000'}

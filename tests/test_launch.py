@@ -48,6 +48,45 @@ def test_fills_both_providers_to_min_ready(tmp_path, clouds_for, db_url):
     assert len(pool.live_servers('rax')) == 2
 
 
+def test_a_bad_image_night_demote_then_pause_still_fills_the_pool(tmp_path, clouds_for, db_url):
+    """Seed 004: demote the bad image, pause the label's builds (in the configuration and in
+    the database); launch keeps the label topped up from the previous image, because a
+    pause stops image builds only."""
+    pool = two_providers(tmp_path, clouds_for, db_url)
+    (good,) = pool.db.transact(lambda s: s.images(provider='rax'))
+    bad = pool.seed_base_images('rax', 'precise')
+    proc = pool.run('devstack-gate.py', 'image-demote', 'rax', 'precise')
+    assert proc.returncode == 0, proc.stderr
+    assert 'current image is now %s' % good.name in proc.stderr
+    proc = pool.run('devstack-gate.py', 'image-pause', 'precise', '--reason', 'bad image night')
+    assert proc.returncode == 0, proc.stderr
+    pool.data['providers'][0]['images'][0]['paused'] = True
+    pool.write()
+    for name in ('rax', 'hp'):
+        proc = pool.run('devstack-vm-launch.py', name)
+        assert proc.returncode == 0, proc.stderr
+        assert '%s precise: ready 2, building 0, launched 2, failed 0' % name in proc.stderr
+    rax = pool.nodes(provider='rax', state='ready')
+    assert len(rax) == 2 and {n.image_id for n in rax} == {good.id} != {bad.id}
+    assert len(pool.nodes(provider='hp', state='ready')) == 2
+    # The pause still stops the builds.
+    from devstackgate import config as configmod, image
+    cfg = configmod.load(pool.config_path, check_clouds=False)
+    assert set(image.paused(cfg, cfg.provider('rax'), pool.db)) == {'precise'}
+    assert image.paused(cfg, cfg.provider('hp'), pool.db)['precise'].endswith(
+        'for all providers: bad image night')
+
+
+def test_a_disabled_label_is_not_launched(tmp_path, clouds_for, sqlite_url):
+    pool = two_providers(tmp_path, clouds_for, sqlite_url)
+    proc = pool.run('devstack-gate.py', 'label-disable', 'precise', '--reason', 'known red')
+    assert proc.returncode == 0, proc.stderr
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr
+    assert 'rax precise: disabled by' in proc.stderr and 'known red; not launching' in proc.stderr
+    assert pool.nodes() == []
+
+
 def test_max_servers_counts_everything_the_provider_holds(tmp_path, clouds_for, db_url):
     pool = two_providers(tmp_path, clouds_for, db_url)
     pool.data['providers'][0]['max-servers'] = 3

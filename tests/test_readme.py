@@ -25,9 +25,17 @@ RUN_ELSEWHERE = {'./dev.sh demo': 'tests/test_demo.py', './dev.sh test': '.ci/ru
 POOL_COMMANDS = [
     'python3 devstack-vm-update-image.py rax',
     'python3 devstack-vm-launch.py rax',
-    'python3 devstack-vm-update-image.py rax precise --demote',
+    'python3 devstack-gate.py image-list --provider rax',
+    'python3 devstack-gate.py image-demote rax precise',
+    "python3 devstack-gate.py image-pause precise --reason 'bug 1180189: the new image breaks "
+    "nova'",
     'python3 devstack-vm-reap.py rax --dry-run',
     'python3 devstack-vm-reap.py rax',
+    'python3 devstack-gate.py list --state hold',
+    "python3 devstack-gate.py label-disable precise --reason 'known red: bug 1338000'",
+    'python3 devstack-gate.py label-enable precise',
+    'python3 devstack-gate.py stats --days 7',
+    'python3 devstack-gate.py status-page /tmp/devstack-gate-status.html',
 ]
 OTHER_COMMANDS = [
     'mysql -u root < etc/devstack-gate-db.sql',
@@ -67,15 +75,19 @@ def test_the_operators_commands_on_a_local_cloud(tmp_path, clouds_for, sqlite_ur
                'setup': ['cache.sh']}]
     pool = Pool(tmp_path, clouds, sqlite_url, [provider('rax', images=images)])
     for command in POOL_COMMANDS:
-        proc = subprocess.run(python_argv(command), cwd=ROOT, env=pool.env(), text=True,
+        # (a path under /tmp is made one under this test's own directory)
+        argv = python_argv(command.replace(' /tmp/', ' %s/' % tmp_path))
+        proc = subprocess.run(argv, cwd=ROOT, env=pool.env(), text=True,
                               capture_output=True, timeout=300)
         assert proc.returncode == 0, (command, proc.stderr)
         if command == POOL_COMMANDS[0]:
             # A second build, so the demote has a previous image to go back to.
             proc = pool.run('devstack-vm-update-image.py', 'rax')
             assert proc.returncode == 0, proc.stderr
-        if command.endswith('--demote'):
-            assert 'current image is now' in proc.stderr
+        if 'image-list' in command:
+            assert 'current' in proc.stdout and 'previous' in proc.stdout
+        if 'status-page' in command:
+            assert (tmp_path / 'devstack-gate-status.html').read_text().startswith('<!DOCTYPE')
         if command.endswith('--dry-run'):
             assert 'would delete node' in proc.stdout and 'image-not-current' in proc.stdout
     images = pool.db.transact(lambda s: s.images(state='ready'))

@@ -598,13 +598,22 @@ def test_table_is_aligned():
                            nodes={'ready': 2, 'hold': 1}, images={'ready': 2})
     assert summary.table() == [
         'reap rax: what this run deleted, and the rows that remain',
-        '  deleted       delete                 1',
-        '  deleted       leaked                 2',
-        '  failed        demoted                1',
-        '  nodes         ready                  2',
-        '  nodes         hold                   1',
-        '  images        ready                  2',
+        '  deleted       delete                   1',
+        '  deleted       leaked                   2',
+        '  failed        demoted                  1',
+        '  nodes         ready                    2',
+        '  nodes         hold                     1',
+        '  images        ready                    2',
     ]
+    # The longest reason keeps the columns aligned too.
+    summary = reap.Summary('rax', deleted=collections.Counter({'deleted-by-operator': 1}))
+    assert summary.table()[1] == '  deleted       deleted-by-operator      1'
+
+
+def test_an_image_row_an_operator_deleted_is_counted_as_such():
+    row = image(id=4, state='delete', fail_reason='deleted-by-operator')
+    assert reap.image_row_reason(row, LIMITS, {}, NOW) == 'deleted-by-operator'
+    assert 'deleted-by-operator' in reap.REASONS
 
 
 def test_build_keypairs_and_vanished_images_go(tmp_path, clouds_for, sqlite_url):

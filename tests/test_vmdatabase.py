@@ -367,3 +367,31 @@ def test_upgrading_a_new_file_another_process_is_writing_waits_for_it(tmp_path):
     finally:
         release.join()
         blocker.close()
+
+
+def test_image_pauses_for_one_provider_or_all(db_url, monkeypatch):
+    # A version 3 database (label switches, no pauses) gains the table in place.
+    monkeypatch.setattr(vmdatabase, 'MIGRATIONS', vmdatabase.MIGRATIONS[:3])
+    db = vmdatabase.Database(db_url).upgrade()
+    db.transact(lambda s: s.disable_label('quantal', 'red', set_by='ops'))
+    monkeypatch.undo()
+    db = vmdatabase.Database(db_url).upgrade()
+    assert db.version() == vmdatabase.schema_version() >= 4
+    assert list(db.transact(lambda s: s.label_switches())) == ['quantal']
+    pause = db.transact(lambda s: s.pause_image('precise', reason='bad', set_by='ops', now=5.0))
+    assert (pause.label, pause.provider, pause.reason, pause.set_by, pause.since) == (
+        'precise', None, 'bad', 'ops', 5.0)
+    db.transact(lambda s: s.pause_image('precise', 'hp', now=6.0))
+    # Pausing again replaces that pause (same label and provider), not the others.
+    db.transact(lambda s: s.pause_image('precise', reason='worse', now=7.0))
+    db.transact(lambda s: s.pause_image('quantal', 'rax', now=8.0))
+    pauses = db.transact(lambda s: s.image_pauses())
+    assert [(p.label, p.provider, p.reason) for p in pauses] == [
+        ('precise', 'hp', None), ('precise', None, 'worse'), ('quantal', 'rax', None)]
+    assert [p.provider for p in db.transact(lambda s: s.image_pauses('quantal'))] == ['rax']
+    # One provider's pause is lifted alone; without a provider, every pause of the label.
+    assert db.transact(lambda s: s.unpause_image('precise', 'rax')) == 0
+    assert db.transact(lambda s: s.unpause_image('precise', 'hp')) == 1
+    db.transact(lambda s: s.pause_image('precise', 'hp'))
+    assert db.transact(lambda s: s.unpause_image('precise')) == 2
+    assert [p.label for p in db.transact(lambda s: s.image_pauses())] == ['quantal']

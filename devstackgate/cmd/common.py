@@ -7,12 +7,14 @@ configuration or usage), 130 interrupted.
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import tempfile
 
 from devstackgate import config as configmod
 from devstackgate import log
-from devstackgate.errors import GateError
+from devstackgate.errors import GateError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -61,3 +63,19 @@ def run(prog, p, argv, body, check_clouds=True):
         signal.signal(signal.SIGTERM, previous)
         logging.shutdown()
 
+
+def write_atomically(path, text):
+    """Write a file whole or not at all (a failed run never leaves half a page or job file)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))
+    except OSError as e:
+        raise UsageError('cannot write %s: %s' % (path, e.strerror or e))
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -5,32 +5,12 @@ them the providers, labels, timers, timeouts and environment of this
 configuration.  Then ``jenkins-jobs test jobs/`` and ``jenkins-jobs update jobs/``.
 """
 
-import os
 import sys
-import tempfile
 
 from devstackgate import jobs
 from devstackgate.cmd import common
-from devstackgate.errors import UsageError
 
 PROG = 'devstack-vm-jobs'
-
-
-def _write(path, text):
-    """Write atomically: a failed run never leaves a half-written project file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))
-    except OSError as e:
-        raise UsageError('--output: cannot write %s: %s' % (path, e.strerror or e))
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None):
@@ -68,7 +48,7 @@ def main(argv=None):
                                approval_category=args.approval_category)
         text = jobs.render(config, options, config_arg=args.config or config.path)
         if args.output:
-            _write(args.output, text)
+            common.write_atomically(args.output, text)
             print('%s: wrote %s (%d jobs for providers %s)' % (
                 PROG, args.output, len(jobs.JOB_NAMES),
                 ', '.join(p.name for p in config.providers)), file=sys.stderr)

@@ -1,0 +1,448 @@
+"""Operators' tools: what the ``devstack-gate`` subcommands do, as plain functions.
+
+Each function takes a :class:`vmdatabase.Database` and the
+:class:`~devstackgate.config.Config` and returns plain data (dicts and lists,
+the same that ``--json`` prints); nothing here prints.  The tables are drawn by
+:mod:`devstackgate.cmd.operator`.
+
+Every state change is one conditional :meth:`vmdatabase.Session.transition`
+from the state the row was just read in.  If the row changed meanwhile (a gate
+job claimed the node, the reaper took it, another operator acted first),
+:class:`Changed` is raised and nothing is changed.
+
+Bad image days (seed 004, Nodepool's operator page) need no configuration
+edit: ``image-demote`` or ``image-delete`` makes the previous ready image
+current, ``image-pause`` stops the nightly builds of the label (launches go on
+from the current image), ``label-disable`` switches a matrix cell off (no
+launches, no builds, gate runs skip it).  Pauses and switches live in the
+database (``image_pauses``, ``label_switches``).
+"""
+
+import dataclasses
+import getpass
+import logging
+import os
+import time
+
+import vmdatabase
+from devstackgate import cloud, image
+from devstackgate import log as console
+from devstackgate.errors import DatabaseError, GateError, UsageError
+
+log = logging.getLogger('operator')
+
+HOUR = 3600.0
+#: What hold accepts: a node a job may still use, has used, or that is held already.
+HOLDABLE = ('ready', 'used', 'hold')
+#: The fail_reason of rows an operator sent to delete.
+DELETED_BY_OPERATOR = 'deleted-by-operator'
+RELEASED_BY_OPERATOR = 'released-by-operator'
+
+
+class Changed(GateError):
+    """A row changed between reading it and changing it: nothing was changed."""
+    reason = 'changed-under-us'
+
+
+# -- small helpers ------------------------------------------------------------------
+
+def age_text(seconds):
+    """A duration as operators read it in a table: 45s, 5m, 3h, 2d."""
+    seconds = max(0, int(seconds or 0))
+    for unit, size in (('d', 86400), ('h', 3600), ('m', 60)):
+        if seconds >= size:
+            return '%d%s' % (seconds // size, unit)
+    return '%ds' % seconds
+
+
+def user(environ=None):
+    """Who is acting: $USER, else the login name."""
+    environ = os.environ if environ is None else environ
+    if environ.get('USER'):
+        return environ['USER']
+    try:
+        return getpass.getuser()
+    except Exception:       # no passwd entry (a container): still record something
+        return 'unknown'
+
+
+def describe(node):
+    return '%s (%s, id %d)' % (node.name or 'node-%d' % node.id, node.provider, node.id)
+
+
+def open_database(config, write):
+    """The database: upgraded for the commands that write; read-only, and at this
+    code's schema version, for the ones that only read (they create nothing)."""
+    if write:
+        return vmdatabase.Database.from_config(config).upgrade()
+    db = vmdatabase.Database.from_config(config, read_only=True)
+    version = db.version()
+    if version != vmdatabase.schema_version():
+        raise DatabaseError(
+            'database %s has schema version %d, this devstack-gate reads %d; a command '
+            'that writes (devstack-vm-launch.py, devstack-gate hold, ...) upgrades it'
+            % (db, version, vmdatabase.schema_version()))
+    return db
+
+
+# -- checking what the operator named ------------------------------------------------
+
+def check_label(config, label):
+    if label not in config.labels():
+        raise UsageError('label %r: no provider offers it; known labels: %s'
+                         % (label, ', '.join(config.labels()) or 'none'))
+    return label
+
+
+def check_provider(config, name):
+    return config.provider(name)        # ConfigError (exit 2) naming the known providers
+
+
+def check_offered(config, provider_name, label):
+    """The provider, if it offers the label (else the error names its labels)."""
+    provider = check_provider(config, provider_name)
+    image.labels_to_build(provider, label)
+    return provider
+
+
+def find_node(db, ref):
+    """The node whose id or name is `ref`."""
+    ref = str(ref)
+
+    def tx(s):
+        if ref.isdigit():
+            node = s.get_node(int(ref))
+            if node is not None:
+                return [node]
+        return s.nodes(name=ref)
+    found = db.transact(tx)
+    if not found:
+        raise GateError('node %r: no node with this id or name in database %s' % (ref, db))
+    if len(found) > 1:
+        raise GateError('node %r: %d nodes have this name (ids %s); give the id'
+                        % (ref, len(found), ', '.join(str(n.id) for n in found)))
+    return found[0]
+
+
+# -- reading ------------------------------------------------------------------------
+
+def node_dict(node, image_names, now):
+    """A node as --json prints it (no claim token: it is the claim's handshake)."""
+    row = dataclasses.asdict(node)
+    del row['claim_token']
+    row['image'] = image_names.get(node.image_id)
+    row['age'] = now - node.state_time
+    return row
+
+
+def list_nodes(db, config, provider=None, label=None, state=None, now=None):
+    """The nodes (optionally of one provider, label, state), oldest first."""
+    if provider is not None:
+        check_provider(config, provider)
+    if label is not None:
+        check_label(config, label)
+    if state is not None and state not in vmdatabase.NODE_STATES:
+        raise UsageError('state %r: expected one of %s'
+                         % (state, ', '.join(vmdatabase.NODE_STATES)))
+    now = time.time() if now is None else now
+
+    def tx(s):
+        return (s.nodes(provider=provider, label=label, state=state),
+                {i.id: i.name for i in s.images(provider=provider, label=label)})
+    nodes, names = db.transact(tx)
+    return [node_dict(n, names, now) for n in nodes]
+
+
+def roles(images):
+    """{image row id: 'current' | 'previous'}: per provider and label, the newest
+    non-demoted ready image and the next one (what a demote or delete falls back to)."""
+    out = {}
+    by_label = {}
+    for row in images:
+        if row.state == 'ready' and not row.demoted:
+            by_label.setdefault((row.provider, row.label), []).append(row)
+    for rows in by_label.values():
+        rows.sort(key=lambda r: (r.created, r.id), reverse=True)
+        for row, role in zip(rows, ('current', 'previous')):
+            out[row.id] = role
+    return out
+
+
+def image_dict(row, role, now):
+    out = dataclasses.asdict(row)
+    out['demoted'] = bool(row.demoted)
+    out['role'] = role
+    out['age'] = now - row.created
+    return out
+
+
+def list_images(db, config, provider=None, label=None, now=None):
+    """Image rows per provider and label, oldest first, each with its role."""
+    if provider is not None:
+        check_provider(config, provider)
+    if label is not None:
+        check_label(config, label)
+    now = time.time() if now is None else now
+    rows = db.transact(lambda s: s.images(provider=provider, label=label))
+    role = roles(rows)
+    rows.sort(key=lambda r: (r.provider, r.label, r.created, r.id))
+    return [image_dict(r, role.get(r.id), now) for r in rows]
+
+
+def paused(db, config, provider=None, label=None, now=None):
+    """The labels whose image builds are paused: in the configuration
+    (``paused: true``, per provider) or in the database (one provider, or all)."""
+    now = time.time() if now is None else now
+    offered = None if provider is None else {im.name for im in config.provider(provider).images}
+    out = []
+    for p in config.providers:
+        if provider is not None and p.name != provider:
+            continue
+        for im in p.images:
+            if im.paused and label in (None, im.name):
+                out.append({'label': im.name, 'provider': p.name, 'set_in': 'config',
+                            'reason': 'paused: true', 'path': config.path, 'set_by': None,
+                            'since': None, 'age': None, 'id': None})
+    for pause in db.transact(lambda s: s.image_pauses(label=label)):
+        if offered is not None and (pause.provider not in (None, provider)
+                                    or pause.label not in offered):
+            continue
+        out.append({'label': pause.label, 'provider': pause.provider, 'set_in': 'database',
+                    'reason': pause.reason, 'set_by': pause.set_by, 'since': pause.since,
+                    'age': now - pause.since, 'id': pause.id})
+    return out
+
+
+def disabled(db, config, provider=None, label=None, now=None):
+    """The labels switched off (all providers): in the configuration or in the database."""
+    now = time.time() if now is None else now
+    offered = None
+    if provider is not None:
+        offered = {im.name for im in config.provider(provider).images}
+
+    def wanted(name):
+        return label in (None, name) and (offered is None or name in offered)
+    out = [{'label': name, 'set_in': 'config', 'path': config.path, 'reason': why,
+            'set_by': None, 'since': None, 'age': None}
+           for name, why in sorted(config.disabled_labels.items()) if wanted(name)]
+    for name, switch in db.transact(lambda s: s.label_switches()).items():
+        if wanted(name):
+            out.append({'label': name, 'set_in': 'database', 'reason': switch.reason,
+                        'set_by': switch.set_by, 'since': switch.since,
+                        'age': now - switch.since})
+    return out
+
+
+def image_list(db, config, provider=None, label=None, now=None):
+    """What ``image-list`` shows: {'images': [...], 'paused': [...], 'disabled': [...]}."""
+    now = time.time() if now is None else now
+    return {'images': list_images(db, config, provider, label, now),
+            'paused': paused(db, config, provider, label, now),
+            'disabled': disabled(db, config, provider, label, now)}
+
+
+# -- nodes --------------------------------------------------------------------------
+
+def _move(db, node, to_state, verb, now=None, **fields):
+    """Transition `node` from the state it was read in; Changed if it moved meanwhile.
+    Returns the row as it is now."""
+    def tx(s):
+        if s.transition(node, to_state, now=now, **fields):
+            return True, s.get_node(node.id)
+        return False, s.get_node(node.id)
+    done, fresh = db.transact(tx)
+    if not done:
+        raise Changed('node %s changed meanwhile: it was %s, it is now %s; not %s'
+                      % (describe(node), node.state, fresh.state if fresh else 'gone', verb))
+    return fresh
+
+
+def _image_names(db, node):
+    row = db.transact(lambda s: s.get_image(node.image_id)) if node.image_id else None
+    return {row.id: row.name} if row else {}
+
+
+def hold(db, config, node, reason, hours=None, held_by=None, now=None):
+    """Hold a ready, used or held node for `hours` (default hold-hours): the
+    reaper keeps it until then, launch and fetch never hand it out."""
+    if not reason or not reason.strip():
+        raise UsageError('hold: give the reason (--reason TEXT)')
+    if hours is None:
+        hours = config.hold_hours
+        if hours <= 0:
+            raise UsageError('hold-hours is %g in %s: give --hours N' % (hours, config.path))
+    elif hours <= 0:
+        raise UsageError('--hours: expected a number > 0, got %g' % hours)
+    if node.state not in HOLDABLE:
+        raise GateError('node %s is in state %s; only a ready, used or held node can be held'
+                        % (describe(node), node.state))
+    now = time.time() if now is None else now
+    held_by = held_by or user()
+    fresh = _move(db, node, 'hold', 'held', now=now, hold_until=now + hours * HOUR,
+                  held_by=held_by, hold_reason=reason)
+    log.info('node %s: held until %s (%g h) by %s: %s', describe(fresh),
+             console.utc(fresh.hold_until), hours, held_by, reason)
+    return {'node': node_dict(fresh, _image_names(db, fresh), now), 'from_state': node.state}
+
+
+def release(db, node, now=None):
+    """A held node goes to delete; the reaper deletes its server."""
+    if node.state != 'hold':
+        raise GateError('node %s is in state %s, not held; only a held node can be released'
+                        % (describe(node), node.state))
+    now = time.time() if now is None else now
+    fresh = _move(db, node, 'delete', 'released', now=now, fail_reason=RELEASED_BY_OPERATOR)
+    log.info('node %s: released; the reaper deletes its server', describe(fresh))
+    return {'node': node_dict(fresh, _image_names(db, fresh), now), 'from_state': node.state}
+
+
+def delete(db, node, now=None):
+    """Mark a node delete (the reaper, or delete_server, deletes its server)."""
+    now = time.time() if now is None else now
+    if node.state == 'delete':
+        log.info('node %s: already marked delete', describe(node))
+        fresh = node
+    else:
+        fresh = _move(db, node, 'delete', 'deleted', now=now, fail_reason=DELETED_BY_OPERATOR)
+        log.info('node %s: marked delete (was %s)', describe(fresh), node.state)
+    return {'node': node_dict(fresh, _image_names(db, fresh), now), 'from_state': node.state}
+
+
+def delete_server(config, node, connect=None, environ=None):
+    """Ask the node's cloud to delete its server now: (ok, what happened).
+
+    The row is already in delete, so whatever happens here the reaper finishes."""
+    if not node.external_id:
+        return False, 'no server was recorded for it; the reaper finishes the delete'
+    connect = connect or cloud.connect
+    try:
+        adapter = connect(config.provider(node.provider), environ=environ)
+    except Exception as e:      # no clouds.yaml or credentials here, a provider gone from
+        # the configuration: the row is marked, the reaper finishes
+        return False, ('cannot reach provider %s (%s: %s); the reaper finishes the delete'
+                       % (node.provider, getattr(e, 'reason', type(e).__name__),
+                          str(e).splitlines()[0] if str(e) else 'no detail'))
+    if adapter.delete_quietly('server', node.external_id, 'node %s' % describe(node)):
+        return True, 'the cloud accepted the delete of server %s' % node.external_id
+    return False, ('the cloud did not accept the delete of server %s (see above); the reaper '
+                   'asks again' % node.external_id)
+
+
+# -- images -------------------------------------------------------------------------
+
+def _label_images(db, provider, label, now):
+    rows = db.transact(lambda s: s.images(provider=provider, label=label))
+    role = roles(rows)
+    rows.sort(key=lambda r: (r.created, r.id))
+    return [image_dict(r, role.get(r.id), now) for r in rows]
+
+
+def _notes(db, config, provider, label, new):
+    """Warnings, logged and returned: no ready image left, builds not paused."""
+    notes = []
+    if new is None:
+        notes.append('%s %s: no ready image is left, so launches of this label stop until a '
+                     'build succeeds' % (provider, label))
+    if label not in image.paused(config, config.provider(provider), db):
+        notes.append('%s %s: image builds are not paused, so the next build makes a new '
+                     'current image (devstack-gate image-pause %s --provider %s)'
+                     % (provider, label, label, provider))
+    for note in notes:
+        log.warning('%s', note)
+    return notes
+
+
+def image_demote(db, config, provider, label, now=None):
+    """Demote the current image (image.demote, as devstack-vm-update-image.py --demote)."""
+    check_offered(config, provider, label)
+    now = time.time() if now is None else now
+    old, new = image.demote(db, provider, label)
+    log.info('%s %s: demoted %s; current image is now %s', provider, label, old.name,
+             new.name if new else 'none')
+    return {'provider': provider, 'label': label, 'demoted': old.id,
+            'current': new.id if new else None,
+            'notes': _notes(db, config, provider, label, new),
+            'images': _label_images(db, provider, label, now)}
+
+
+def image_delete(db, config, provider, label, now=None):
+    """The current image row goes to delete ('deleted-by-operator'): the previous
+    ready image becomes current, and the reaper deletes the cloud image."""
+    check_offered(config, provider, label)
+    now = time.time() if now is None else now
+
+    def tx(s):
+        current = s.current_image(provider, label)
+        if current is None:
+            raise GateError('provider %s label %s has no current image to delete'
+                            % (provider, label))
+        if not s.transition(current, 'delete', now=now, fail_reason=DELETED_BY_OPERATOR):
+            fresh = s.get_image(current.id)
+            raise Changed('image %s (row %d) changed meanwhile: it was %s, it is now %s; '
+                          'not deleted' % (current.name, current.id, current.state,
+                                           fresh.state if fresh else 'gone'))
+        return current, s.current_image(provider, label)
+    old, new = db.transact(tx)
+    log.info('%s %s: image %s (row %d) marked delete; current image is now %s; the reaper '
+             'deletes it from the cloud', provider, label, old.name, old.id,
+             new.name if new else 'none')
+    return {'provider': provider, 'label': label, 'deleted': old.id,
+            'current': new.id if new else None,
+            'notes': _notes(db, config, provider, label, new),
+            'images': _label_images(db, provider, label, now)}
+
+
+def image_pause(db, config, label, provider=None, reason=None, set_by=None, now=None):
+    """Pause image builds of a label (for one provider, or all): launches go on."""
+    check_label(config, label)
+    if provider is not None:
+        check_offered(config, provider, label)
+    set_by = set_by or user()
+    db.transact(lambda s: s.pause_image(label, provider, reason=reason, set_by=set_by, now=now))
+    log.info('%s: image builds paused on %s by %s%s; launches go on from the current image',
+             label, provider or 'all providers', set_by, ': ' + reason if reason else '')
+    return {'label': label, 'provider': provider,
+            'paused': paused(db, config, provider, label, now)}
+
+
+def image_unpause(db, config, label, provider=None, now=None):
+    """Lift the run-time pause of a label (one provider's, or every one)."""
+    check_label(config, label)
+    if provider is not None:
+        check_offered(config, provider, label)
+    lifted = db.transact(lambda s: s.unpause_image(label, provider))
+    left = paused(db, config, provider, label, now)
+    log.info('%s: %s', label, 'image builds unpaused on %s' % (provider or 'all providers')
+             if lifted else 'was not paused in the database')
+    for pause in left:
+        if pause['set_in'] == 'config':
+            raise GateError('label %s: still paused in %s for provider %s (paused: true); '
+                            'set paused: false there' % (label, config.path, pause['provider']))
+        raise GateError('label %s: still paused for all providers%s; devstack-gate image-unpause '
+                        '%s (without --provider) lifts it'
+                        % (label, ' by %s' % pause['set_by'] if pause['set_by'] else '', label))
+    return {'label': label, 'provider': provider, 'lifted': lifted, 'paused': left}
+
+
+def label_disable(db, config, label, reason, set_by=None, now=None):
+    """Switch a label off: not launched, not built, skipped by gate runs."""
+    check_label(config, label)
+    if not reason or not reason.strip():
+        raise UsageError('label-disable: give the reason (--reason TEXT)')
+    set_by = set_by or user()
+    db.transact(lambda s: s.disable_label(label, reason, set_by=set_by, now=now))
+    log.info('%s: disabled by %s: %s; not launched, not built, skipped by gate runs',
+             label, set_by, reason)
+    return {'label': label, 'disabled': disabled(db, config, label=label, now=now)}
+
+
+def label_enable(db, config, label, now=None):
+    """Switch a label back on (its run-time switch; the configuration's stays)."""
+    check_label(config, label)
+    was = db.transact(lambda s: s.enable_label(label))
+    log.info('%s: %s', label, 'enabled' if was else 'was not disabled in the database')
+    if label in config.disabled_labels:
+        raise GateError('label %s: still disabled in %s: %s; remove it from disabled-labels '
+                        'there' % (label, config.path, config.disabled_labels[label]))
+    return {'label': label, 'enabled': was,
+            'disabled': disabled(db, config, label=label, now=now)}

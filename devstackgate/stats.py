@@ -1,0 +1,225 @@
+"""Pool statistics of the last days, per provider and label: gate runs and launches.
+
+What operators ask on a bad day (seed 004): is one provider failing gate runs
+more than the others, and how often do its launches fail, and why?
+
+Gate runs come from the ``results`` table: the runs *started* within the
+window.  A run with a verdict is one that ended ``success``, ``failure`` or
+``timeout``; its failure rate is (failures + timeouts) / runs with a verdict.
+``aborted`` (a cancelled job says nothing about the node) and ``running`` runs
+are counted beside it but not in the rate.  The median run time is over the
+runs with a verdict.
+
+Launches come from the ``launches`` history (node rows are deleted by the
+reaper once their servers are gone, so the nodes table alone forgets): every
+launch that *ended* within the window, either ready (``ready``, or ``used``
+for an image build's canary) or failed with a reason (error, no-network,
+timeout, quota, vanished, no-address, ready-check, lost, ...).  The time to
+ready is from the node row's creation to the node passing its checks.
+
+The outlier rule (:func:`judge`): a provider is marked for a label when
+
+1. it has at least :data:`MIN_RUNS` runs with a verdict for that label in the
+   window, and the other providers of the label together have at least
+   :data:`MIN_RUNS` too (a small sample is never judged), and
+2. its failure rate is at least :data:`OUTLIER_MARGIN` above the failure rate
+   of all the other providers' runs of that label taken together, and
+3. at least :data:`OUTLIER_FACTOR` times that rate.
+
+The margin keeps 4% against 2% from being marked; the factor keeps 75%
+against 60% (a change breaking everything, not a provider) from being
+marked.  The figure compared to is kept with the result (``compared_to``,
+``compared_runs``).
+"""
+
+import collections
+import dataclasses
+import statistics
+import time
+
+from devstackgate.errors import UsageError
+
+DAY = 86400.0
+#: Runs with a verdict a provider needs in the window, and the other providers
+#: of the label together, before a provider is judged.
+MIN_RUNS = 10
+#: How far above the other providers' failure rate (absolute) an outlier is, at least.
+OUTLIER_MARGIN = 0.15
+#: How many times the other providers' failure rate an outlier is, at least.
+OUTLIER_FACTOR = 1.5
+#: The results that are a verdict on a run.
+VERDICTS = ('success', 'failure', 'timeout')
+#: The launch outcomes that count as a node that became ready.
+READY_OUTCOMES = ('ready', 'used')
+
+
+@dataclasses.dataclass
+class GateRuns:
+    runs: int = 0               # with a verdict: success, failure or timeout
+    successes: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    aborted: int = 0
+    running: int = 0
+    failure_rate: float = None  # (failures + timeouts) / runs; None without runs
+    median_seconds: float = None
+
+
+@dataclasses.dataclass
+class Launches:
+    launches: int = 0           # ended in the window, ready or failed
+    ready: int = 0
+    failed: int = 0
+    failure_rate: float = None  # failed / launches; None without launches
+    reasons: dict = dataclasses.field(default_factory=dict)       # reason: failed launches
+    reason_rates: dict = dataclasses.field(default_factory=dict)  # reason: share of launches
+    median_seconds_to_ready: float = None
+
+
+@dataclasses.dataclass
+class Cell:
+    """One provider and label."""
+    provider: str
+    label: str
+    gate: GateRuns
+    launch: Launches
+    judged: bool = False        # enough runs here and on the other providers to judge
+    outlier: bool = False
+    compared_to: float = None   # failure rate of the other providers' runs of this label
+    compared_runs: int = 0      # how many runs with a verdict that rate is over
+    why: str = ''               # the judgement in words
+
+
+@dataclasses.dataclass
+class Stats:
+    since: float
+    until: float
+    days: float
+    min_runs: int
+    outlier_margin: float
+    outlier_factor: float
+    cells: list                 # [Cell], by provider then label
+
+    def to_dict(self):
+        """Plain dicts, lists, numbers and strings (what --json prints)."""
+        return dataclasses.asdict(self)
+
+    def cell(self, provider, label):
+        for c in self.cells:
+            if (c.provider, c.label) == (provider, label):
+                return c
+        return None
+
+    @property
+    def outliers(self):
+        return [c for c in self.cells if c.outlier]
+
+
+def rate(part, whole):
+    return part / whole if whole else None
+
+
+def gate_runs(results):
+    g = GateRuns()
+    durations = []
+    for r in results:
+        if r.result == 'running':
+            g.running += 1
+        elif r.result == 'aborted':
+            g.aborted += 1
+        elif r.result in VERDICTS:
+            g.runs += 1
+            g.successes += r.result == 'success'
+            g.failures += r.result == 'failure'
+            g.timeouts += r.result == 'timeout'
+            if r.end_time is not None:
+                durations.append(r.end_time - r.start_time)
+    g.failure_rate = rate(g.failures + g.timeouts, g.runs)
+    g.median_seconds = statistics.median(durations) if durations else None
+    return g
+
+
+def launches(rows):
+    out = Launches()
+    to_ready = []
+    reasons = collections.Counter()
+    for row in rows:
+        out.launches += 1
+        if row.outcome in READY_OUTCOMES:
+            out.ready += 1
+            if row.seconds is not None:
+                to_ready.append(row.seconds)
+        else:
+            out.failed += 1
+            reasons[row.reason or 'unknown'] += 1
+    out.failure_rate = rate(out.failed, out.launches)
+    out.reasons = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    out.reason_rates = {k: v / out.launches for k, v in out.reasons.items()}
+    out.median_seconds_to_ready = statistics.median(to_ready) if to_ready else None
+    return out
+
+
+def judge(cells, min_runs=MIN_RUNS, margin=OUTLIER_MARGIN, factor=OUTLIER_FACTOR):
+    """Mark the outliers among `cells` (see the module docstring), in place."""
+    by_label = collections.defaultdict(list)
+    for c in cells:
+        by_label[c.label].append(c)
+    for label, group in by_label.items():
+        for c in group:
+            others = [o for o in group if o is not c]
+            bad = sum(o.gate.failures + o.gate.timeouts for o in others)
+            c.compared_runs = sum(o.gate.runs for o in others)
+            c.compared_to = rate(bad, c.compared_runs)
+            mine = c.gate.failure_rate
+            if not others:
+                c.why = 'no other provider ran %s' % label
+            elif c.gate.runs < min_runs or c.compared_runs < min_runs:
+                c.why = ('too few runs to judge (%d here, %d on the other providers; %d each '
+                         'needed)' % (c.gate.runs, c.compared_runs, min_runs))
+            else:
+                c.judged = True
+                c.outlier = (mine >= c.compared_to + margin
+                             and mine >= factor * c.compared_to)
+                c.why = '%s failed %s of %d runs; the other providers %s of %d' % (
+                    c.provider, percent(mine), c.gate.runs, percent(c.compared_to),
+                    c.compared_runs)
+                if c.outlier:
+                    c.why += ' (outlier: at least %s above and %gx theirs)' % (
+                        percent(margin), factor)
+    return cells
+
+
+def percent(fraction):
+    return '-' if fraction is None else '%.0f%%' % (100 * fraction)
+
+
+def compute(db, config, days=7, now=None, min_runs=MIN_RUNS, margin=OUTLIER_MARGIN,
+            factor=OUTLIER_FACTOR):
+    """Stats of the last `days` days up to `now`, per provider and label.
+
+    The cells are every (provider, label) of the configuration, and any other
+    that has results or launches in the window (a provider since removed).
+    """
+    if not days or days <= 0:
+        raise UsageError('days: expected a number > 0, got %r' % (days,))
+    now = time.time() if now is None else now
+    since = now - days * DAY
+
+    def tx(s):
+        return s.results_between(since, now), s.launches(since=since, until=now)
+    results, launch_rows = db.transact(tx)
+    keys = {(p.name, i.name) for p in config.providers for i in p.images}
+    by_cell_results = collections.defaultdict(list)
+    by_cell_launches = collections.defaultdict(list)
+    for r in results:
+        if r.provider and r.label:
+            by_cell_results[(r.provider, r.label)].append(r)
+    for row in launch_rows:
+        by_cell_launches[(row.provider, row.label)].append(row)
+    keys |= set(by_cell_results) | set(by_cell_launches)
+    cells = [Cell(provider, label, gate_runs(by_cell_results[(provider, label)]),
+                  launches(by_cell_launches[(provider, label)]))
+             for provider, label in sorted(keys)]
+    judge(cells, min_runs, margin, factor)
+    return Stats(since=since, until=now, days=days, min_runs=min_runs, outlier_margin=margin,
+                 outlier_factor=factor, cells=cells)
