@@ -29,6 +29,7 @@ import re
 import threading
 import time
 
+from devstackgate import metrics
 from devstackgate.errors import GateError
 
 log = logging.getLogger('cloud')
@@ -235,15 +236,18 @@ class Adapter:
         classify() says may be retried with backoff and jitter, within
         api-retries attempts and the api-timeout deadline."""
         p = self.provider
+        stats = metrics.get()
         deadline = self._clock() + p.api_timeout
         attempt = 0
         while True:
             attempt += 1
             self._limiter.wait()
+            stats.incr(metrics.key('api', self.name, metrics.api_operation(what)))
             try:
                 return fn(*args, **kwargs)
             except Exception as e:    # classified; what is not the cloud's is re-raised
                 error, retry_after = self.classify(what, e)
+                stats.incr(metrics.key('api', self.name, 'error', error.reason))
             if retry_after is None:
                 raise error
             delay = max(retry_after, p.api_backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))

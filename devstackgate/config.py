@@ -115,6 +115,9 @@ GLOBAL_KEYS = {
                                doc='seconds the setup scripts on a template may take'),
     'snapshot-timeout': Key('number', 3600, minimum=1,
                             doc='seconds a snapshot may take to become active'),
+    'snapshot-keep-hours': Key('number', 72, minimum=0,
+                               doc='how long the reaper keeps a snapshot of a held node '
+                                   '(devstack-gate snapshot) before deleting it'),
     'disabled-labels': Key('mapping', None,
                            doc='label: reason; a disabled label (a matrix cell) is neither '
                                'launched nor built, and gate runs skip it'),
@@ -146,6 +149,9 @@ PROVIDER_KEYS = {
     'api-retries': Key('int', 6, minimum=1, doc='attempts of one API call on 5xx/429/connection'),
     'api-backoff': Key('number', 1.0, minimum=0, doc='first retry delay; doubles each attempt'),
     'ssh-port': Key('int', 22, minimum=1),
+    'giftable': Key('bool', False,
+                    doc='developers may be given SSH access to its held nodes '
+                        '(devstack-gate give)'),
     'images': Key('list'),
 }
 
@@ -224,6 +230,7 @@ class ProviderConfig:
     api_retries: int
     api_backoff: float
     ssh_port: int
+    giftable: bool
     images: tuple
     settings: object        # the kind's own settings (OpenStackSettings, ...)
 
@@ -272,6 +279,7 @@ class Config:
     keep_images: int
     image_build_timeout: float
     snapshot_timeout: float
+    snapshot_keep_hours: float
     disabled_labels: dict       # label -> why it is switched off, from the configuration
     gate: 'GateConfig'
     providers: tuple

@@ -12,7 +12,7 @@ import sys
 import time
 
 import vmdatabase
-from devstackgate import wait
+from devstackgate import metrics, wait
 from devstackgate.errors import NoNodeAvailable, UsageError
 
 log = logging.getLogger('fetch')
@@ -67,14 +67,20 @@ def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
                              % (', '.join(unknown), label, ', '.join(offering)))
     db = db or vmdatabase.Database.from_config(config)
     claimed_by, result = job_identity(environ)
+    stats = metrics.get()
+    started = clock()
     try:
-        for _ in wait.iterate(clock() + wait_for, config.fetch_poll, 'a ready %s node' % label,
+        for _ in wait.iterate(started + wait_for, config.fetch_poll, 'a ready %s node' % label,
                               clock=clock, sleep=sleep):
             node, row = db.claim_node(label, claimed_by, providers=providers, result=result)
             if node is not None:
+                stats.timing(metrics.key('fetch', label, 'wait'), (clock() - started) * 1000)
+                stats.incr(metrics.key('fetch', label, 'got'))
                 return node, row
     except wait.Timeout:
         pass
+    stats.timing(metrics.key('fetch', label, 'wait'), (clock() - started) * 1000)
+    stats.incr(metrics.key('fetch', label, 'none'))
     counts = db.transact(lambda s: s.node_counts(label))
     by_provider = {}
     for (provider, state), n in sorted(counts.items()):

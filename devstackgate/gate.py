@@ -24,7 +24,7 @@ import shlex
 import time
 
 import vmdatabase
-from devstackgate import cells, fetch, log as console
+from devstackgate import cells, fetch, log as console, metrics
 from devstackgate.errors import GateError, UsageError
 
 log = logging.getLogger('gate')
@@ -176,6 +176,11 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
         return node, row, 'hold', hold
 
     node, row, action, hold = db.transact(record)
+    stats = metrics.get()
+    stats.incr(metrics.key('gate', node.provider, node.label, result))
+    if row is not None:
+        stats.timing(metrics.key('gate', node.provider, node.label, 'duration'),
+                     (now - row.start_time) * 1000)
     ran = ' after %.0f s' % (now - row.start_time) if row is not None else ''
     if action is None:
         log.warning('node %s: result %s%s; the node is %s, not used, so it is left as it is',

@@ -33,7 +33,7 @@ import time
 import paramiko
 
 import vmdatabase
-from devstackgate import cells, cloud, launch, ssh, wait
+from devstackgate import cells, cloud, launch, metrics, ssh, wait
 from devstackgate.errors import GateError, UsageError
 from devstackgate.log import utc as log_utc
 
@@ -155,7 +155,25 @@ class Builder:
               % (tag, image_name(self.config, label, self.provider.name)))
 
     def build(self, label):
-        """Build, check and promote one image; raises BuildFailed.  Returns the row."""
+        """Build, check and promote one image; raises BuildFailed.  Returns the row.
+
+        Sends dg.image.<provider>.<label>.duration and .ready or .failed.<reason>."""
+        stats = metrics.get()
+        started = self.clock()
+        outcome = ('failed', 'interrupted')
+        try:
+            row = self._build(label)
+            outcome = ('ready',)
+            return row
+        except Exception as e:
+            outcome = ('failed', getattr(e, 'reason', None) or 'error')
+            raise
+        finally:
+            stats.timing(metrics.key('image', self.provider.name, label, 'duration'),
+                         (self.clock() - started) * 1000)
+            stats.incr(metrics.key('image', self.provider.name, label, *outcome))
+
+    def _build(self, label):
         tag = self._tag(label)
         image, base, flavor = self.choose(label)
         setup = [resolve_setup(self.config, e) for e in image.setup]

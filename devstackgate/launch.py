@@ -29,7 +29,7 @@ import threading
 import time
 
 import vmdatabase
-from devstackgate import cells, cloud, ssh, wait
+from devstackgate import cells, cloud, metrics, ssh, wait
 from devstackgate.errors import GateError
 
 log = logging.getLogger('launch')
@@ -113,8 +113,11 @@ class Launcher:
     def _finish(self, node, to_state, **fields):
         """Move a building node on, unless someone (the reaper) took it meanwhile;
         the launch history (kept after the row is reaped) notes how it ended."""
+        ended = []
+
         def tx(s):
             now = time.time()
+            ended[:] = [now]
             if not s.transition(node, to_state, now=now, **fields):
                 return False
             s.record_launch(node.provider, node.label, node.id,
@@ -122,10 +125,22 @@ class Launcher:
                             fields.get('fail_reason'), now - node.created, now)
             return True
         if self.db.transact(tx):
+            self._count(node, to_state, fields.get('fail_reason'), ended[0] - node.created)
             return True
         log.warning('%s: no longer building (changed by another run); leaving it as it is',
                     describe(node))
         return False
+
+    def _count(self, node, to_state, reason, seconds):
+        """dg.launch.<provider>.<label>.ready (and its ready_time), or .failed.<reason>."""
+        stats = metrics.get()
+        if to_state == 'delete':
+            stats.incr(metrics.key('launch', node.provider, node.label, 'failed',
+                                   reason or 'unknown'))
+        else:
+            stats.incr(metrics.key('launch', node.provider, node.label, 'ready'))
+            stats.timing(metrics.key('launch', node.provider, node.label, 'ready_time'),
+                         seconds * 1000)
 
     def _label(self, label):
         return self.summary.labels.setdefault(label, LabelSummary())
@@ -381,6 +396,8 @@ class Launcher:
             watch += [n for n in booted if n is not None]
         self.wait(watch)
         counts = collections.Counter((n.label, n.state) for n in self._nodes())
+        metrics.node_gauges(metrics.get(), self.provider.name,
+                            [i.name for i in self.provider.images], counts)
         for label, s in self.summary.labels.items():
             s.ready, s.building = counts[(label, 'ready')], counts[(label, 'building')]
             log.info('%s %s', self.provider.name, s.line(label))

@@ -18,14 +18,17 @@ launches, no builds, gate runs skip it).  Pauses and switches live in the
 database (``image_pauses``, ``label_switches``).
 """
 
+import base64
 import dataclasses
 import getpass
+import hashlib
 import logging
 import os
+import shlex
 import time
 
 import vmdatabase
-from devstackgate import cloud, image
+from devstackgate import cloud, image, reap, ssh, wait
 from devstackgate import log as console
 from devstackgate.errors import DatabaseError, GateError, UsageError
 
@@ -446,3 +449,181 @@ def label_enable(db, config, label, now=None):
                         'there' % (label, config.path, config.disabled_labels[label]))
     return {'label': label, 'enabled': was,
             'disabled': disabled(db, config, label=label, now=now)}
+
+
+# -- giving a held node (or a snapshot of it) to a developer (seed 000) -------------------
+
+#: The longest public key file or text ``give`` reads (an RSA 16384 line is ~2.8 kB).
+MAX_KEY_BYTES = 16384
+GIVE_COMMAND_TIMEOUT = 60.0
+
+
+def public_key(key):
+    """(the one authorized_keys line, its comment, its SHA256 fingerprint) of `key`:
+    a public key file's path or the key text.  Anything else (a private key,
+    several lines, options before the type, a bad blob) is refused with one line
+    that never echoes what was given (it may be a private key)."""
+    source = 'the text given'
+    text = key or ''
+    path = os.path.expanduser(text.strip())
+    if text.strip() and '\n' not in text.strip() and os.path.isfile(path):
+        source = 'file %s' % path
+        try:
+            with open(path, 'rb') as f:
+                text = f.read(MAX_KEY_BYTES + 1).decode('utf-8')
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError('--key: cannot read %s: %s' % (path, getattr(e, 'strerror', e) or e))
+
+    def bad(what):
+        return UsageError('--key: %s is not one public key line (TYPE BASE64 [COMMENT], as in '
+                          '~/.ssh/id_ed25519.pub): %s' % (source, what))
+    if len(text) > MAX_KEY_BYTES:
+        raise bad('longer than %d bytes' % MAX_KEY_BYTES)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        raise bad('%d lines' % len(lines) if lines else 'empty')
+    parts = lines[0].split(None, 2)
+    if len(parts) < 2:
+        raise bad('no key after the type')
+    kind, body = parts[0], parts[1]
+    comment = parts[2] if len(parts) == 3 else ''
+    try:
+        blob = base64.b64decode(body, validate=True)
+        parsed = ssh.paramiko.PKey.from_type_string(kind, blob)
+    except Exception:       # binascii.Error, SSHException, UnknownKeyType, struct errors
+        raise bad('not a valid public key of a known type')
+    if parsed.get_name() != kind or parsed.can_sign():
+        raise bad('not a valid public key of a known type')
+    if not comment.isprintable():
+        raise bad('the comment has control characters')
+    fingerprint = 'SHA256:' + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip('=')
+    line = '%s %s' % (kind, body) + (' ' + comment if comment else '')
+    return line, comment, fingerprint
+
+
+def known_hosts_line(node, port):
+    """The node's pinned host key as a known_hosts line."""
+    host = node.ip if int(port) == 22 else '[%s]:%d' % (node.ip, int(port))
+    return '%s %s' % (host, node.host_key)
+
+
+def _require_held(node, verb):
+    if node.state != 'hold':
+        raise GateError('node %s is in state %s, not held; only a held node can be %s'
+                        % (describe(node), node.state, verb))
+
+
+def _note_on_hold(db, node, note):
+    """Append `note` to a held node's hold_reason (what list shows); False if the node
+    is no longer held as it was read (then only the log has it)."""
+    reason = '%s; %s' % (node.hold_reason, note) if node.hold_reason else note
+
+    # hold -> hold at the time it was held: the note is added only while the node is
+    # still held, and its hold_until and state_time stay as they are.
+    done = db.transact(lambda s: s.transition(node, 'hold', now=node.state_time,
+                                              hold_reason=reason))
+    if not done:
+        log.warning('node %s changed meanwhile (no longer held as read); not recorded in its '
+                    'hold reason: %s', describe(node), note)
+    return done
+
+
+def give(db, config, node, key, given_by=None, now=None, connect=ssh.connect):
+    """Add a developer's public key to a held node's ~/.ssh/authorized_keys (providers
+    with ``giftable: true`` only), over SSH with the pool key and the node's recorded
+    host key pinned; record it in the hold reason; return how to connect."""
+    line, comment, fingerprint = public_key(key)
+    _require_held(node, 'given to a developer')
+    provider = config.provider(node.provider)
+    if not provider.giftable:
+        raise GateError('node %s: provider %s is not giftable; set giftable: true for it in %s '
+                        'to give its held nodes to developers'
+                        % (describe(node), provider.name, config.path))
+    if not (node.ip and node.username and node.host_key):
+        raise GateError('node %s: no address, login or host key was recorded for it; it '
+                        'cannot be given' % describe(node))
+    now = time.time() if now is None else now
+    given_by = given_by or user()
+    pkey, _ = ssh.ensure_private_key(config.ssh_private_key)
+    quoted = shlex.quote(line)
+    command = ('umask 077 && mkdir -p ~/.ssh && touch ~/.ssh/authorized_keys && '
+               '{ grep -qxF %s ~/.ssh/authorized_keys || printf "%%s\\n" %s '
+               '>> ~/.ssh/authorized_keys; }' % (quoted, quoted))
+    try:
+        client = connect(node.ip, provider.ssh_port, node.username, pkey,
+                         timeout=config.ssh_connect_timeout, host_key=node.host_key)
+    except ssh.SSHError:
+        raise
+    except Exception as e:      # refused, unreachable, auth failed
+        raise ssh.SSHError('node %s: cannot log in to %s@%s:%d: %s: %s'
+                           % (describe(node), node.username, node.ip, provider.ssh_port,
+                              type(e).__name__, str(e).splitlines()[0] if str(e) else ''))
+    try:
+        status, output = ssh.run(client, command, timeout=GIVE_COMMAND_TIMEOUT)
+    finally:
+        client.close()
+    if status != 0:
+        raise ssh.SSHError('node %s: adding the key to ~/.ssh/authorized_keys exited %d: %s'
+                           % (describe(node), status,
+                              (output.strip().splitlines() or ['no output'])[-1]))
+    given_to = comment or fingerprint
+    note = 'given to %s (%s) by %s at %s' % (given_to, fingerprint, given_by, console.utc(now))
+    log.info('node %s: key %s added to ~%s/.ssh/authorized_keys; %s', describe(node),
+             fingerprint, node.username, note)
+    recorded = _note_on_hold(db, node, note)
+    fresh = db.transact(lambda s: s.get_node(node.id)) or node
+    known_hosts = '%s.known_hosts' % (node.name or 'node-%d' % node.id)
+    return {'node': node_dict(fresh, _image_names(db, fresh), now), 'given_to': given_to,
+            'fingerprint': fingerprint, 'given_by': given_by, 'recorded': recorded,
+            'known_hosts_file': known_hosts,
+            'known_hosts_line': known_hosts_line(node, provider.ssh_port),
+            'ssh_command': 'ssh -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -p %d '
+                           '%s@%s' % (known_hosts, provider.ssh_port, node.username, node.ip)}
+
+
+def snapshot_name(config, node, now):
+    stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))
+    return '%s-held-%s' % (node.name or '%s-node-%d' % (config.node_prefix, node.id), stamp)
+
+
+def snapshot(db, config, node, connect=None, environ=None, now=None, clock=time.monotonic,
+             sleep=time.sleep, made_by=None):
+    """Snapshot a held node's server for a developer to boot elsewhere.
+
+    The image carries our tags with dg-kind ``held-snapshot`` and the node id
+    before we wait on it, so the reaper knows it (it is never a leak) and deletes
+    it snapshot-keep-hours after its creation."""
+    _require_held(node, 'snapshotted')
+    if not node.external_id:
+        raise GateError('node %s: no server was recorded for it; nothing to snapshot'
+                        % describe(node))
+    provider = config.provider(node.provider)
+    now = time.time() if now is None else now
+    made_by = made_by or user()
+    adapter = (connect or cloud.connect)(provider, environ=environ)
+    name = snapshot_name(config, node, now)
+    metadata = cloud.tags(provider.name, reap.KIND_HELD_SNAPSHOT, node.label, node_id=node.id)
+    metadata[reap.META_SNAPSHOT_TIME] = '%d' % now
+    image_id = adapter.create_image(node.external_id, name, metadata)
+    keep_until = now + config.snapshot_keep_hours * HOUR
+    log.info('node %s: snapshotting server %s as %s (%s); the reaper deletes it after %s '
+             '(snapshot-keep-hours %g)', describe(node), node.external_id, name, image_id,
+             console.utc(keep_until), config.snapshot_keep_hours)
+    what = 'node %s: snapshot %s (%s)' % (describe(node), name, image_id)
+    try:
+        result = wait.for_state(lambda: adapter.get_image(image_id), 'active',
+                                clock() + config.snapshot_timeout, config.poll_interval, what,
+                                failed=('failed', 'gone'), clock=clock, sleep=sleep)
+    except wait.Failure as e:
+        adapter.delete_quietly('image', image_id, what)
+        raise GateError('%s ended %s; deleted' % (what, e.last.detail or e.last.state))
+    except wait.Timeout:
+        raise GateError('%s: not active after snapshot-timeout %g s; the reaper deletes it '
+                        'after snapshot-keep-hours' % (what, config.snapshot_timeout))
+    log.info('%s: active', what)
+    recorded = _note_on_hold(db, node, 'snapshot %s (%s) by %s at %s' % (
+        name, image_id, made_by, console.utc(now)))
+    return {'node': node_dict(node, _image_names(db, node), now), 'provider': provider.name,
+            'image': {'id': image_id, 'name': name, 'state': result.state},
+            'made_by': made_by, 'recorded': recorded, 'keep_until': keep_until,
+            'keep_hours': config.snapshot_keep_hours}

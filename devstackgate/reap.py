@@ -56,6 +56,9 @@ deleted-by-operator  an image row an operator deleted (``devstack-gate
 image-vanished       a ready image row whose glance image is gone from the cloud
                      (launch could not boot from it)
 template-done        the template server of an image no longer building
+snapshot-expired     a snapshot of a held node (``devstack-gate snapshot``,
+                     ``dg-kind`` held-snapshot, no row) older than
+                     snapshot-keep-hours; never counted as a leak before
 leaked               an untracked server or image of ours, seen twice, past
                      the grace period
 leaked-keypair       the fresh keypair of an image build that is no longer
@@ -79,7 +82,7 @@ log = logging.getLogger('reap')
 REASONS = ('delete', 'error', 'used-too-long', 'hold-expired', 'build-timeout',
            'image-not-current', 'ready-too-old', 'failed-build', 'interrupted-build',
            'beyond-retention', 'demoted', 'deleted-by-operator', 'image-vanished',
-           'template-done', 'leaked', 'leaked-keypair')
+           'template-done', 'snapshot-expired', 'leaked', 'leaked-keypair')
 # An image row marked delete by the reaper or the builder carries one of
 # these as its fail_reason; later runs count it under the same reason.
 IMAGE_ROW_REASONS = ('interrupted-build', 'beyond-retention', 'demoted', 'deleted-by-operator',
@@ -87,6 +90,13 @@ IMAGE_ROW_REASONS = ('interrupted-build', 'beyond-retention', 'demoted', 'delete
 REASON_WIDTH = max(len(r) for r in REASONS + ('changed-under-us',))
 
 HOUR = 3600.0
+
+#: The dg-kind of a snapshot an operator made of a held node for a developer
+#: (devstack-gate snapshot).  It has no row: the reaper keeps it for
+#: snapshot-keep-hours after its creation (the cloud's time, else
+#: META_SNAPSHOT_TIME, epoch seconds), then deletes it.
+KIND_HELD_SNAPSHOT = 'held-snapshot'
+META_SNAPSHOT_TIME = 'dg-snapshot-time'
 
 
 def parse_time(text):
@@ -198,6 +208,8 @@ def untracked(provider_name, nodes, images, servers, cloud_images):
     for i in cloud_images:
         if not is_ours(i, provider_name) or i.id in known_images:
             continue
+        if i.metadata.get(cloud.META_KIND) == KIND_HELD_SNAPSHOT:
+            continue            # kept for snapshot-keep-hours by plan(), not a leak
         if i.metadata.get(cloud.META_IMAGE_ID) in image_rows:
             continue
         leaked_images[i.id] = i.name
@@ -214,6 +226,7 @@ class Limits:
     leak_grace: float
     keep_images: int
     interrupted_build: float
+    snapshot_keep: float = 72 * HOUR
 
     @classmethod
     def from_config(cls, config, provider):
@@ -222,7 +235,8 @@ class Limits:
                    leak_grace=config.leak_grace, keep_images=config.keep_images,
                    interrupted_build=(config.image_build_timeout + config.snapshot_timeout
                                       + provider.boot_timeout + config.launch_deadline
-                                      + config.ready_check_timeout))
+                                      + config.ready_check_timeout),
+                   snapshot_keep=config.snapshot_keep_hours * HOUR)
 
 
 # -- the plan: a pure function of what was read ----------------------------------------
@@ -400,7 +414,35 @@ def plan(provider_name, limits, nodes, images, servers, cloud_images, current, l
                            'deleted once seen twice and %g s old'
                            % (leak.kind, resource.name, resource.id, leak.sightings, age,
                               limits.leak_grace))
+
+    # Snapshots of held nodes: no row, kept snapshot-keep-hours after their creation.
+    for i in ours_images:
+        if i.metadata.get(cloud.META_KIND) != KIND_HELD_SNAPSHOT:
+            continue
+        born = snapshot_time(i)
+        node = i.metadata.get(cloud.META_NODE_ID) or '?'
+        if born is None:
+            p.notes.append('snapshot %s (%s) of node %s: no readable creation time; kept'
+                           % (i.name, i.id, node))
+        elif now - born >= limits.snapshot_keep:
+            p.steps.append(Step('image', i.name, i.id, 'snapshot-expired', image_id=i.id,
+                                note='snapshot of held node %s, %.1f h old' % (
+                                    node, (now - born) / HOUR)))
+        else:
+            p.notes.append('snapshot %s (%s) of node %s: kept %.1f h more (snapshot-keep-hours)'
+                           % (i.name, i.id, node, (limits.snapshot_keep - (now - born)) / HOUR))
     return p
+
+
+def snapshot_time(resource):
+    """Epoch seconds a held node's snapshot was made: the cloud's time, else ours; or None."""
+    born = parse_time(resource.created)
+    if born is None:
+        try:
+            born = float(resource.metadata.get(META_SNAPSHOT_TIME))
+        except (TypeError, ValueError):
+            return None
+    return born
 
 
 # -- the run ------------------------------------------------------------------------
@@ -596,13 +638,21 @@ class Reaper:
         name = self.provider.name
 
         def tx(s):
-            nodes = collections.Counter(n.state for n in s.nodes(provider=name))
+            by_label = collections.Counter((n.label, n.state) for n in s.nodes(provider=name))
             images = collections.Counter(i.state for i in s.images(provider=name))
-            return dict(nodes), dict(images)
+            return by_label, dict(images)
         try:
-            self.summary.nodes, self.summary.images = self.db.transact(tx)
+            by_label, self.summary.images = self.db.transact(tx)
         except DatabaseError as e:
             log.warning('%s: cannot count the remaining rows: %s', name, e)
+            return
+        nodes = collections.Counter()
+        for (_, state), n in by_label.items():
+            nodes[state] += n
+        self.summary.nodes = dict(nodes)
+        from devstackgate import metrics
+        metrics.node_gauges(metrics.get(), name, [i.name for i in self.provider.images],
+                            by_label)
 
 
 def open_database(config, dry_run):

@@ -3,6 +3,7 @@ of devstackgate.operator, against a real database (SQLite and MariaDB), and the 
 for delete --now and what the reaper and launch make of an operator's changes."""
 
 import copy
+import io
 import json
 import os
 import re
@@ -10,11 +11,12 @@ import subprocess
 import sys
 import time
 
+import paramiko
 import pytest
 import yaml
 
 import vmdatabase
-from devstackgate import cells, config as configmod, image, operator, reap
+from devstackgate import cells, cloud, config as configmod, image, operator, reap, ssh, wait
 from devstackgate.cmd import operator as cmd
 from tests.pool import BASE_IMAGE, ROOT, Pool, cloud_config, make_base_dir, provider
 from tests.reap_helpers import table
@@ -165,7 +167,8 @@ def test_user_is_user_else_the_login_name(monkeypatch):
 def test_every_subcommand_has_help_and_takes_the_common_options(ops):
     assert set(SUBCOMMANDS) == {'list', 'image-list', 'hold', 'release', 'delete',
                                 'image-demote', 'image-delete', 'image-pause', 'image-unpause',
-                                'label-disable', 'label-enable', 'stats', 'status-page'}
+                                'label-disable', 'label-enable', 'stats', 'status-page',
+                                'give', 'snapshot'}
     proc = ops.run('--help')
     assert proc.returncode == 0 and all(c in proc.stdout for c in SUBCOMMANDS), proc.stdout
     for name in SUBCOMMANDS:
@@ -653,3 +656,187 @@ def test_status_page_writes_one_self_contained_file(ops):
     proc = ops.run('status-page', str(ops.tmp_path / 'no-such-dir' / 'x.html'))
     assert proc.returncode == 2
     assert error_line(proc).startswith('devstack-gate: cannot write '), proc.stderr
+
+
+# -- give and snapshot: a developer gets a failed node, or an image of it (seed 000) -------
+
+def launch_and_hold(pool, giftable=True):
+    """A real node of the local cloud, held; (its row, the pool's key)."""
+    pool.data['providers'][0]['giftable'] = giftable
+    pool.write()
+    pool.seed_base_images('rax', 'precise')
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr
+    node = pool.nodes(state='ready')[0]
+    proc = pool.run('devstack-gate.py', 'hold', node.name, '--reason', 'bug 1180189',
+                    '--hours', '1')
+    assert proc.returncode == 0, proc.stderr
+    pkey, _ = ssh.ensure_private_key(pool.data['ssh-private-key'])
+    return pool.db.transact(lambda s: s.get_node(node.id)), pkey
+
+
+def developer_key(tmp_path):
+    key = paramiko.ECDSAKey.generate(bits=256)
+    line = '%s %s dev@laptop' % (key.get_name(), key.get_base64())
+    path = tmp_path / 'dev.pub'
+    path.write_text(line + '\n')
+    return key, line, str(path)
+
+
+def test_give_lets_the_developer_key_log_in_with_the_host_key_pinned(pool):
+    node, _ = launch_and_hold(pool)
+    dev, line, path = developer_key(pool.tmp_path)
+    # Before: the developer's key is refused.
+    with pytest.raises(paramiko.AuthenticationException):
+        ssh.connect(node.ip, 2222, node.username, dev, timeout=5, host_key=node.host_key)
+    proc = pool.run('devstack-gate.py', 'give', node.name, '--key', path, env={'USER': 'jeblair'})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    known = '[%s]:2222 %s' % (node.ip, node.host_key)
+    command = ('ssh -o UserKnownHostsFile=%s.known_hosts -o StrictHostKeyChecking=yes -p 2222 '
+               '%s@%s' % (node.name, node.username, node.ip))
+    assert '  %s\n' % known in out and out.rstrip().endswith('  ' + command), out
+    assert 'of dev@laptop added for %s' % node.username in out
+    # The developer saves the line and logs in with their own key, the host key pinned.
+    (pool.tmp_path / ('%s.known_hosts' % node.name)).write_text(known + '\n')
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(pool.tmp_path / ('%s.known_hosts' % node.name)))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(node.ip, port=2222, username=node.username, pkey=dev, allow_agent=False,
+                   look_for_keys=False, timeout=5)
+    try:
+        status, output = ssh.run(client, 'cat ~/.ssh/authorized_keys; echo in', timeout=10)
+    finally:
+        client.close()
+    assert status == 0 and output.splitlines() == [line, 'in'], output
+    # Who got access is recorded with the hold (list shows it); the hold is unchanged.
+    after = pool.db.transact(lambda s: s.get_node(node.id))
+    assert after.hold_reason.startswith('bug 1180189; given to dev@laptop (SHA256:')
+    assert ' by jeblair at ' in after.hold_reason
+    assert (after.state, after.hold_until, after.state_time) == (
+        'hold', node.hold_until, node.state_time)
+    # Giving the same key again (its text this time) adds no second line.
+    proc = pool.run('devstack-gate.py', 'give', str(node.id), '--key', line, '--json')
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data['given_to'] == 'dev@laptop' and data['ssh_command'] == command
+    client = ssh.connect(node.ip, 2222, node.username, dev, timeout=5, host_key=node.host_key)
+    try:
+        assert ssh.run(client, 'cat ~/.ssh/authorized_keys', 10)[1].splitlines() == [line]
+    finally:
+        client.close()
+
+
+def test_give_refuses_with_one_line(pool, tmp_path):
+    node, pkey = launch_and_hold(pool, giftable=False)
+    ready = pool.db.transact(lambda s: s.create_node('rax', 'precise', state='ready',
+                                                     name='dg-precise-rax-77'))
+    dev, line, path = developer_key(tmp_path)
+    private = tmp_path / 'id_rsa'
+    pkey.write_private_key_file(str(private))
+    db = str(vmdatabase.Database(pool.db_url))
+    bad = ('devstack-gate: --key: %s is not one public key line (TYPE BASE64 [COMMENT], as in '
+           '~/.ssh/id_ed25519.pub): ')
+    cases = [
+        (['give', 'nope', '--key', path], 1,
+         "devstack-gate: node 'nope': no node with this id or name in database %s" % db),
+        (['give', ready.name, '--key', path], 1,
+         'devstack-gate: node dg-precise-rax-77 (rax, id %d) is in state ready, not held; only '
+         'a held node can be given to a developer' % ready.id),
+        (['give', node.name, '--key', path], 1,
+         'devstack-gate: node %s: provider rax is not giftable; set giftable: true for it in '
+         '%s to give its held nodes to developers' % (operator.describe(node),
+                                                       pool.config_path)),
+        (['give', node.name, '--key', str(private)], 2,
+         bad % ('file ' + str(private)) + '%d lines' % len(private.read_text().splitlines())),
+        (['give', node.name, '--key', line + '\n' + line], 2, bad % 'the text given' + '2 lines'),
+        (['give', node.name, '--key', 'ssh-ed25519 AAAAnotakey dev'], 2,
+         bad % 'the text given' + 'not a valid public key of a known type'),
+        (['give', node.name, '--key', 'command="sh" ' + line], 2,
+         bad % 'the text given' + 'not a valid public key of a known type'),
+        (['give', node.name, '--key', 'ssh-rsa'], 2, bad % 'the text given' + 'no key after '
+         'the type'),
+        (['give', node.name, '--key', ''], 2, bad % 'the text given' + 'empty'),
+    ]
+    for args, code, message in cases:
+        proc = pool.run('devstack-gate.py', *args)
+        assert (proc.returncode, error_line(proc)) == (code, message), args
+        assert proc.stdout == '' and 'PRIVATE' not in proc.stderr
+    assert pool.db.transact(lambda s: s.get_node(node.id)).hold_reason == 'bug 1180189'
+    proc = pool.run('devstack-gate.py', 'snapshot', ready.name)
+    assert (proc.returncode, error_line(proc)) == (
+        1, 'devstack-gate: node dg-precise-rax-77 (rax, id %d) is in state ready, not held; '
+           'only a held node can be snapshotted' % ready.id)
+
+
+def test_a_snapshot_of_a_held_node_boots_with_its_files_and_the_reaper_keeps_it_for_a_time(
+        pool):
+    node, pkey = launch_and_hold(pool)
+    client = ssh.connect(node.ip, 2222, node.username, pkey, timeout=5, host_key=node.host_key)
+    try:
+        assert ssh.run(client, 'mkdir -p logs && echo "tempest: 3 failures" > logs/failure.txt',
+                       10)[0] == 0
+    finally:
+        client.close()
+    proc = pool.run('devstack-gate.py', 'snapshot', node.name)
+    assert proc.returncode == 0, proc.stderr
+    (image_id,) = re.findall(r'^  image id: (\S+)$', proc.stdout, re.M)
+    assert re.search(r'^  name:     %s-held-\d{8}T\d{6}Z \(active\)$' % re.escape(node.name),
+                     proc.stdout, re.M), proc.stdout
+    assert 'snapshot-keep-hours 72' in proc.stdout and widest(proc.stdout) <= 80
+    config = configmod.load(pool.config_path, check_clouds=False)
+    provider_config = config.provider('rax')
+    adapter = cloud.connect(provider_config, environ=pool.env())
+    snap = adapter.get_image(image_id)
+    assert snap.metadata[cloud.META_KIND] == 'held-snapshot'
+    assert snap.metadata[cloud.META_NODE_ID] == str(node.id)
+    assert 'snapshot %s-held-' % node.name in pool.db.transact(
+        lambda s: s.get_node(node.id)).hold_reason
+    # A developer boots it (here in the same account) and finds the failed node's files.
+    key_name = adapter.pool_keypair(ssh.public_line(pkey))
+    flavor = adapter.flavor_for(512)
+    server_id = adapter.create_server('dev-copy', image_id, flavor.id, key_name, {})
+    try:
+        server = wait.for_state(lambda: adapter.get_server(server_id), 'active',
+                                time.monotonic() + 30, 0.1, 'dev-copy', failed=('error',),
+                                ready=lambda s: s.address)
+        client = ssh.wait_for_ssh(server.address, 2222, node.username, pkey,
+                                  time.monotonic() + 30, 2, interval=0.1)
+        try:
+            assert ssh.run(client, 'cat logs/failure.txt', 10) == (0, 'tempest: 3 failures\n')
+        finally:
+            client.close()
+    finally:
+        adapter.delete_server(server_id)
+    # The reaper keeps it, seen any number of times, and never as a leak ...
+    for _ in range(2):
+        proc = pool.run('devstack-vm-reap.py', 'rax')
+        assert proc.returncode == 0, proc.stderr
+        assert not any(k[0] == 'deleted' and k[1] != 'nothing'
+                       for k in reap_table(proc.stderr)), proc.stderr
+        assert 'kept 72.0 h more (snapshot-keep-hours)' in proc.stderr
+    assert adapter.get_image(image_id).state == 'active'
+    # ... until snapshot-keep-hours have passed.
+    later = reap.Reaper(config, provider_config, pool.db, adapter,
+                        clock=lambda: time.time() + 72 * HOUR + 60, out=io.StringIO(),
+                        err=io.StringIO()).run()
+    assert later.deleted['snapshot-expired'] == 1 and later.deleted['leaked'] == 0
+    assert pool.wait_for(lambda: image_id not in {i.id for i in adapter.list_images()},
+                         what='the snapshot to go')
+
+
+def test_the_reap_plan_keeps_a_held_snapshot_until_snapshot_keep_hours():
+    now = 1_700_000_000.0
+    limits = reap.Limits(boot_timeout=600, hold=24 * HOUR, max_used=8 * HOUR,
+                         max_ready=24 * HOUR, leak_grace=0, keep_images=2,
+                         interrupted_build=3600, snapshot_keep=72 * HOUR)
+    meta = dict(cloud.tags('rax', 'held-snapshot', 'precise', node_id=7),
+                **{'dg-snapshot-time': '%d' % (now - 71 * HOUR)})
+    fresh = cloud.Image('i-1', 'dg-held-a', 'active', meta, '')      # no cloud time: ours
+    old = cloud.Image('i-2', 'dg-held-b', 'active', dict(meta), '2023-11-11T00:00:00Z')
+    assert reap.untracked('rax', [], [], [], [fresh, old]) == ({}, {})
+    p = reap.plan('rax', limits, [], [], [], [fresh, old], {}, [], now, now)
+    assert [(s.id, s.reason, s.image_id) for s in p.steps] == [
+        ('i-2', 'snapshot-expired', 'i-2')]
+    assert any('dg-held-a (i-1) of node 7: kept 1.0 h more' in n for n in p.notes), p.notes
+    assert 'snapshot-expired' in reap.REASONS and 'snapshot-expired' in reap.__doc__

@@ -13,9 +13,11 @@
     devstack-gate label-enable LABEL
     devstack-gate stats [--days N]
     devstack-gate status-page OUT.html
+    devstack-gate give NODE --key FILE|TEXT
+    devstack-gate snapshot NODE
 
 Every subcommand reads the configuration the stages read (--config or
-$DEVSTACK_GATE_CONFIG; clouds.yaml only for ``delete --now``) and prints a
+$DEVSTACK_GATE_CONFIG; clouds.yaml only for ``delete --now`` and ``snapshot``) and prints a
 table no wider than 80 columns on stdout, or with --json a JSON list or object.
 What changed is logged on stderr, one timestamped line each.  The logic lives
 in :mod:`devstackgate.operator`.
@@ -31,6 +33,7 @@ import prettytable
 
 import vmdatabase
 from devstackgate import config as configmod
+from devstackgate import log as console
 from devstackgate import operator, stats, status_page
 from devstackgate.cmd import common
 
@@ -259,6 +262,44 @@ def cmd_status_page(args, config, db, now):
     return {'output': args.output, 'bytes': len(html)}, 'wrote %s' % args.output, None
 
 
+def cmd_give(args, config, db, now):
+    data = operator.give(db, config, operator.find_node(db, args.node), args.key, now=now)
+    text = '\n'.join([
+        'Node %s: key %s of %s added for %s.' % (
+            data['node']['name'], data['fingerprint'], data['given_to'],
+            data['node']['username']),
+        'Save its host key (pinned when the node was checked) to %s:'
+        % data['known_hosts_file'],
+        '',
+        '  %s' % data['known_hosts_line'],
+        '',
+        'then connect with:',
+        '',
+        '  %s' % data['ssh_command']])
+    return data, text, None
+
+
+def cmd_snapshot(args, config, db, now):
+    data = operator.snapshot(db, config, operator.find_node(db, args.node), now=now)
+    image = data['image']
+    text = '\n'.join([
+        'Snapshot of node %s on provider %s:' % (data['node']['name'], data['provider']),
+        '',
+        '  image id: %s' % image['id'],
+        '  name:     %s (%s)' % (image['name'], image['state']),
+        '',
+        'Boot it in your own account (once it is shared with you) by this id.  The reaper',
+        'deletes it after %s (snapshot-keep-hours %g).' % (
+            console.utc(data['keep_until']), data['keep_hours'])])
+    return data, text, None
+
+
+def _give_args(p):
+    _node_arg(p)
+    p.add_argument('--key', metavar='FILE|TEXT', required=True,
+                   help="the developer's public key: a .pub file or its one line of text")
+
+
 def _node_arg(p):
     p.add_argument('node', metavar='NODE', help='a node id or a node name')
 
@@ -348,6 +389,12 @@ COMMANDS = (
     ('status-page', cmd_status_page, False, _status_page_args,
      'write one self-contained HTML page of the pool, its history, failure rates, images '
      'and held nodes'),
+    ('give', cmd_give, True, _give_args,
+     "add a developer's public key to a held node of a giftable provider (over SSH, its "
+     'host key pinned) and print how to connect'),
+    ('snapshot', cmd_snapshot, True, _node_arg,
+     'snapshot a held node for a developer to boot elsewhere; the reaper deletes the image '
+     'after snapshot-keep-hours'),
 )
 
 
