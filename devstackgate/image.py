@@ -35,7 +35,6 @@ import paramiko
 import vmdatabase
 from devstackgate import cells, cloud, launch, metrics, ssh, wait
 from devstackgate.errors import GateError, UsageError
-from devstackgate.log import utc as log_utc
 
 log = logging.getLogger('image')
 
@@ -368,25 +367,6 @@ class Builder:
                 self.adapter.delete_quietly('image', old.external_id, self._tag(label))
 
 
-def paused(config, provider, db=None):
-    """{label: why} for the labels of `provider` whose image builds are paused:
-    ``paused: true`` in the configuration, or (given a database) a run-time
-    pause for this provider or for all of them (``Session.pause_image``).
-
-    A pause stops image builds only; launches go on from the current image.
-    """
-    off = {image.name: 'paused' for image in provider.images if image.paused}
-    offered = {image.name for image in provider.images}
-    pauses = db.transact(lambda s: s.image_pauses()) if db is not None else []
-    for pause in pauses:
-        if pause.label in offered and pause.provider in (None, provider.name):
-            off.setdefault(pause.label, 'paused%s since %s%s%s' % (
-                ' by %s' % pause.set_by if pause.set_by else '', log_utc(pause.since),
-                '' if pause.provider else ' for all providers',
-                ': %s' % pause.reason if pause.reason else ''))
-    return off
-
-
 def labels_to_build(provider, label=None):
     if label is not None:
         if provider.image(label) is None:
@@ -417,7 +397,7 @@ def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=
         builder = Builder(config, provider, db, adapter, pool_key, devstack_dir=devstack_dir)
     # A dry run knows only the configuration's switches: it opens no database.
     disabled = cells.disabled(config, None if dry_run else db)
-    pauses = paused(config, provider, None if dry_run else db)
+    pauses = cells.paused(config, provider, None if dry_run else db)
     outcome = {}
     for image in images:
         if image.name in disabled:

@@ -28,7 +28,7 @@ import shlex
 import time
 
 import vmdatabase
-from devstackgate import cloud, image, reap, ssh, wait
+from devstackgate import cells, cloud, image, reap, ssh, wait
 from devstackgate import log as console
 from devstackgate.errors import DatabaseError, GateError, UsageError
 
@@ -192,48 +192,28 @@ def list_images(db, config, provider=None, label=None, now=None):
     return [image_dict(r, role.get(r.id), now) for r in rows]
 
 
+def _offered(config, provider):
+    return None if provider is None else {im.name for im in config.provider(provider).images}
+
+
 def paused(db, config, provider=None, label=None, now=None):
-    """The labels whose image builds are paused: in the configuration
-    (``paused: true``, per provider) or in the database (one provider, or all)."""
+    """The labels whose image builds are paused (cells.paused_rows), with their age:
+    in the configuration (per provider) or in the database (one provider, or all)."""
     now = time.time() if now is None else now
-    offered = None if provider is None else {im.name for im in config.provider(provider).images}
-    out = []
-    for p in config.providers:
-        if provider is not None and p.name != provider:
-            continue
-        for im in p.images:
-            if im.paused and label in (None, im.name):
-                out.append({'label': im.name, 'provider': p.name, 'set_in': 'config',
-                            'reason': 'paused: true', 'path': config.path, 'set_by': None,
-                            'since': None, 'age': None, 'id': None})
-    for pause in db.transact(lambda s: s.image_pauses(label=label)):
-        if offered is not None and (pause.provider not in (None, provider)
-                                    or pause.label not in offered):
-            continue
-        out.append({'label': pause.label, 'provider': pause.provider, 'set_in': 'database',
-                    'reason': pause.reason, 'set_by': pause.set_by, 'since': pause.since,
-                    'age': now - pause.since, 'id': pause.id})
-    return out
+    offered = _offered(config, provider)
+    return [dict(row, age=None if row['since'] is None else now - row['since'])
+            for row in cells.paused_rows(config, db, label=label)
+            if offered is None or (row['label'] in offered
+                                   and row['provider'] in (None, provider))]
 
 
 def disabled(db, config, provider=None, label=None, now=None):
-    """The labels switched off (all providers): in the configuration or in the database."""
+    """The labels switched off, on all providers (cells.disabled_rows), with their age."""
     now = time.time() if now is None else now
-    offered = None
-    if provider is not None:
-        offered = {im.name for im in config.provider(provider).images}
-
-    def wanted(name):
-        return label in (None, name) and (offered is None or name in offered)
-    out = [{'label': name, 'set_in': 'config', 'path': config.path, 'reason': why,
-            'set_by': None, 'since': None, 'age': None}
-           for name, why in sorted(config.disabled_labels.items()) if wanted(name)]
-    for name, switch in db.transact(lambda s: s.label_switches()).items():
-        if wanted(name):
-            out.append({'label': name, 'set_in': 'database', 'reason': switch.reason,
-                        'set_by': switch.set_by, 'since': switch.since,
-                        'age': now - switch.since})
-    return out
+    offered = _offered(config, provider)
+    return [dict(row, age=None if row['since'] is None else now - row['since'])
+            for row in cells.disabled_rows(config, db)
+            if label in (None, row['label']) and (offered is None or row['label'] in offered)]
 
 
 def image_list(db, config, provider=None, label=None, now=None):
@@ -346,7 +326,7 @@ def _notes(db, config, provider, label, new):
     if new is None:
         notes.append('%s %s: no ready image is left, so launches of this label stop until a '
                      'build succeeds' % (provider, label))
-    if label not in image.paused(config, config.provider(provider), db):
+    if label not in cells.paused(config, config.provider(provider), db):
         notes.append('%s %s: image builds are not paused, so the next build makes a new '
                      'current image (devstack-gate image-pause %s --provider %s)'
                      % (provider, label, label, provider))

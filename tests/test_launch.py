@@ -70,10 +70,10 @@ def test_a_bad_image_night_demote_then_pause_still_fills_the_pool(tmp_path, clou
     assert len(rax) == 2 and {n.image_id for n in rax} == {good.id} != {bad.id}
     assert len(pool.nodes(provider='hp', state='ready')) == 2
     # The pause still stops the builds.
-    from devstackgate import config as configmod, image
+    from devstackgate import cells, config as configmod
     cfg = configmod.load(pool.config_path, check_clouds=False)
-    assert set(image.paused(cfg, cfg.provider('rax'), pool.db)) == {'precise'}
-    assert image.paused(cfg, cfg.provider('hp'), pool.db)['precise'].endswith(
+    assert set(cells.paused(cfg, cfg.provider('rax'), pool.db)) == {'precise'}
+    assert cells.paused(cfg, cfg.provider('hp'), pool.db)['precise'].endswith(
         'for all providers: bad image night')
 
 

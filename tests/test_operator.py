@@ -200,7 +200,9 @@ def test_list_shows_nodes_with_age_image_and_hold(ops):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert widest(out) <= 80, out
-    nodes, held_nodes = tables(out)
+    nodes, held_nodes, switches = tables(out)
+    # The configuration pauses rax quantal's builds: list says so too.
+    assert [r[0] for r in switches['records']] == [['quantal']]
     assert nodes['header'] == ['ID', 'Provider/Label', 'State/Age', 'Name/IP', 'Image']
     # Pairs share a cell, one above the other; a long image name wraps at its dashes.
     assert nodes[str(ready.id)] == [[str(ready.id)], ['rax', 'precise'], ['ready', '5m'],
@@ -211,7 +213,8 @@ def test_list_shows_nodes_with_age_image_and_hold(ops):
     assert ''.join(nodes[str(held.id)][4]) == 'dg-precise-rax-20130901T040132Z'
     assert nodes[str(building.id)][2:] == [['building', '2d'], [building.name, '-'], ['-']]
     # The held node's hold: its expiry, who, and the whole reason, wrapped.
-    assert out.splitlines()[-len(held_nodes['lines']) - 1] == 'Held nodes:'
+    lines = out.splitlines()
+    assert lines[lines.index(held_nodes['lines'][0]) - 1] == 'Held nodes:'
     assert held_nodes['header'] == ['ID', 'Name', 'Expires', 'Held by', 'Reason']
     hold = held_nodes[str(held.id)]
     assert hold[:3] == [[str(held.id)], [held.name], ['in 21h']]
@@ -482,15 +485,15 @@ def test_pauses_and_switches_live_in_the_database(ops):
     config = ops.config
     rax, hp = config.provider('rax'), config.provider('hp')
     # The configuration's pause is rax quantal's only.
-    assert image.paused(config, rax, ops.db) == {'quantal': 'paused'}
-    assert image.paused(config, hp, ops.db) == {}
+    assert cells.paused(config, rax, ops.db) == {'quantal': 'paused'}
+    assert cells.paused(config, hp, ops.db) == {}
     proc = ops.run('image-pause', 'precise', '--reason', 'bad mirror')
     assert proc.returncode == 0, proc.stderr
     assert 'precise: image builds paused on all providers by jeblair: bad mirror; launches go ' \
         'on from the current image' in proc.stderr
     assert '| precise | all      | paused | database | jeblair |' in proc.stdout
-    assert image.paused(config, hp, ops.db)['precise'].startswith('paused by jeblair since ')
-    assert image.paused(config, hp, ops.db)['precise'].endswith(' for all providers: bad mirror')
+    assert cells.paused(config, hp, ops.db)['precise'].startswith('paused by jeblair since ')
+    assert cells.paused(config, hp, ops.db)['precise'].endswith(' for all providers: bad mirror')
     data = ops.json('image-pause', 'precise', '--provider', 'hp')
     assert [(p['provider'], p['reason']) for p in data['paused']] == [
         (None, 'bad mirror'), ('hp', None)]
@@ -504,7 +507,7 @@ def test_pauses_and_switches_live_in_the_database(ops):
         ('precise', None)]
     proc = ops.run('image-unpause', 'precise')
     assert proc.returncode == 0 and 'image builds unpaused on all providers' in proc.stderr
-    assert image.paused(config, hp, ops.db) == {}
+    assert cells.paused(config, hp, ops.db) == {}
     proc = ops.run('image-unpause', 'precise')
     assert proc.returncode == 0 and 'precise: was not paused in the database' in proc.stderr
     # A pause in the configuration is the configuration's to lift.
@@ -519,6 +522,13 @@ def test_pauses_and_switches_live_in_the_database(ops):
     off = cells.disabled(config, ops.db)
     assert off['precise'].startswith('disabled by jeblair since ') and off['precise'].endswith(
         ': known red: bug 1338000')
+    # list shows what stops the labels it lists, as image-list does.
+    ops.node('rax', 'precise')
+    proc = ops.run('list', '--label', 'precise')
+    assert proc.returncode == 0 and widest(proc.stdout) <= 80, proc.stdout
+    (switches,) = [t for t in tables(proc.stdout) if t['header'][0] == 'Label']
+    assert [r[0] for r in switches['records']] == [['precise']]
+    assert 'disabled' in proc.stdout and 'known red' in proc.stdout
     proc = ops.run('label-enable', 'precise')
     assert proc.returncode == 0 and 'precise: enabled' in proc.stderr
     assert cells.disabled(config, ops.db) == {}

@@ -150,7 +150,13 @@ def switches_table(paused=(), disabled=()):
 
 def cmd_list(args, config, db, now):
     nodes = operator.list_nodes(db, config, args.provider, args.label, args.state, now=now)
-    return nodes, nodes_table(nodes, now), None
+    text = nodes_table(nodes, now)
+    # What stops launches or builds of these labels is part of the picture.
+    paused = operator.paused(db, config, args.provider, args.label, now)
+    disabled = operator.disabled(db, config, args.provider, args.label, now)
+    if paused or disabled:
+        text += '\nPaused and disabled labels:\n' + switches_table(paused, disabled)
+    return nodes, text, None
 
 
 def cmd_image_list(args, config, db, now):
