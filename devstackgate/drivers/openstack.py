@@ -120,6 +120,14 @@ class Adapter(cloud.Adapter):
             return e, None
         raise e
 
+    def _delete(self, kind, delete, ident):
+        """One idempotent delete: True if accepted, False if it was already gone."""
+        try:
+            self.call('delete %s %s' % (kind, ident), delete, ident)
+            return True
+        except NotFound:
+            return False
+
     # -- servers ----------------------------------------------------------
     def list_servers(self):
         return [self._server(s) for s in self.call(
@@ -138,11 +146,7 @@ class Adapter(cloud.Adapter):
         return server.id
 
     def delete_server(self, server_id):
-        try:
-            self.call('delete server %s' % server_id, self._nova.servers.delete, server_id)
-            return True
-        except NotFound:
-            return False
+        return self._delete('server', self._nova.servers.delete, server_id)
 
     def _server(self, s):
         fixed, floating = [], []
@@ -179,11 +183,7 @@ class Adapter(cloud.Adapter):
                          self._nova.servers.create_image, server_id, name, metadata)
 
     def delete_image(self, image_id):
-        try:
-            self.call('delete image %s' % image_id, self._glance.images.delete, image_id)
-            return True
-        except NotFound:
-            return False
+        return self._delete('image', self._glance.images.delete, image_id)
 
     _IMAGE_FIELDS = {'id', 'name', 'status', 'visibility', 'protected', 'os_hidden', 'owner',
                      'size', 'virtual_size', 'checksum', 'os_hash_algo', 'os_hash_value',
@@ -227,11 +227,7 @@ class Adapter(cloud.Adapter):
         return [k.name for k in self.call('list keypairs', self._nova.keypairs.list)]
 
     def delete_keypair(self, name):
-        try:
-            self.call('delete keypair %s' % name, self._nova.keypairs.delete, name)
-            return True
-        except NotFound:
-            return False
+        return self._delete('keypair', self._nova.keypairs.delete, name)
 
 
 def _no_completion_cache(*args, **kwargs):
