@@ -5,6 +5,9 @@
 #   ./dev.sh demo [--keep] [--workdir DIR]
 #                                    install what is missing, then run the whole pool (images,
 #                                    launch, gate jobs, reap) on two local clouds and SQLite
+#   ./dev.sh bench [--profile short|full] [--only NAME] [--json PATH]
+#                                    install what is missing, find or start MariaDB, run the
+#                                    benchmarks in bench/ and print their table (and JSON)
 #
 # It installs missing system packages with apt-get when run as root (rsync, the
 # OpenSSH client, git, shellcheck, curl, chromium and a font for the status page's
@@ -189,9 +192,24 @@ cmd_demo() {
     exec "$VENV/bin/python" -m devstackgate.demo "$@"
 }
 
+cmd_bench() {
+    # The same MariaDB as the tests (found or started); the benchmarks make their own databases.
+    ensure_system_packages
+    ensure_venv
+    ensure_mysql
+    say "running the benchmarks"
+    set +e
+    "$VENV/bin/python" -m bench "$@"
+    local rc=$?
+    set -e
+    return "$rc"
+}
+
 case "${1:-}" in
     test) shift; cmd_test "$@" ;;
     demo) shift; cmd_demo "$@" ;;
+    bench) shift; cmd_bench "$@" ;;
     *) printf '%s\n' "usage: ./dev.sh test [PYTEST ARGS...]" \
-           "       ./dev.sh demo [--keep] [--workdir DIR]" >&2; exit 2 ;;
+           "       ./dev.sh demo [--keep] [--workdir DIR]" \
+           "       ./dev.sh bench [--profile short|full] [--only NAME] [--json PATH]" >&2; exit 2 ;;
 esac
