@@ -19,19 +19,22 @@ Rows come back as plain frozen dataclasses.  Writes are explicit method calls
 on a :class:`Session`, which commits when its ``with`` block ends normally and
 rolls back when it raises; nothing commits behind the caller's back.
 
-Claiming a ready node (:meth:`Database.claim_node`) is one atomic UPDATE, so a
-node is handed to at most one caller under any concurrency on both backends.
+Claiming a ready node (:meth:`Database.claim_node`) marks it used in one
+transaction that holds its row (MySQL/MariaDB: FOR UPDATE SKIP LOCKED, so
+concurrent claims take different rows; SQLite: one UPDATE under the write
+lock), so a node is handed to exactly one caller under any concurrency on both
+backends.  A process keeps a connection whose transaction committed for its
+next one (``idle_reuse``).
 """
 
 import contextlib
 import dataclasses
 import logging
 import os
-import random
 import sqlite3
+import threading
 import time
 import urllib.parse
-import uuid
 
 from devstackgate.errors import DatabaseBusy, DatabaseError
 
@@ -52,6 +55,12 @@ LAUNCH_OUTCOMES = ('ready', 'used', 'failed')
 _MYSQL_LOCK_WAIT_TIMEOUT = 1205
 _MYSQL_DEADLOCK = 1213
 _MYSQL_NO_SUCH_TABLE = 1146
+_MYSQL_PARSE_ERROR = 1064           # a server that does not know SKIP LOCKED says this
+
+#: The servers whose SELECT ... FOR UPDATE SKIP LOCKED the claim uses.
+_SKIP_LOCKED_SINCE = {'mariadb': (10, 6), 'mysql': (8, 0, 1)}
+#: Idle connections a Database keeps for its process's next transactions.
+_POOL_SIZE = 8
 
 # Each entry upgrades the schema from the previous version.  Statements are
 # written once for both backends; {pk} and {text} are filled per backend.
@@ -162,6 +171,15 @@ MIGRATIONS = [
             finished DOUBLE NOT NULL
         )""",
         "CREATE INDEX launches_finished ON launches (finished)",
+    ]),
+    # At scale (100,000 results, as many launches): the gate runs of a time window
+    # (stats, the status page) without a scan of every result, and the per
+    # provider and label figures of stats (counts, medians) from one index range.
+    # Plain columns only (no TEXT), so no MariaDB prefix length is needed.
+    (6, [
+        "CREATE INDEX results_start ON results (start_time)",
+        "CREATE INDEX results_cell ON results (provider, label, start_time)",
+        "CREATE INDEX launches_cell ON launches (provider, label, finished)",
     ]),
 ]
 
@@ -299,8 +317,10 @@ class DatabaseURL:
 def parse_url(url):
     """Parse a database URL; reject one that carries a password."""
     if not isinstance(url, str) or '://' not in url:
+        # Not a URL at all, but what is before an '@' may be a password: never show it.
+        shown = '...@' + url.rsplit('@', 1)[1] if isinstance(url, str) and '@' in url else url
         raise DatabaseError('database URL %r: expected sqlite:///PATH or '
-                            'mysql://USER@HOST:PORT/DATABASE' % (url,))
+                            'mysql://USER@HOST:PORT/DATABASE' % (shown,))
     scheme, rest = url.split('://', 1)
     if scheme == 'sqlite':
         if not rest.startswith('/') or rest == '/':
@@ -512,6 +532,26 @@ class Session:
             where, params = where + ' AND start_time <= ?', params + [until]
         return self._select(Result, where, params, order='start_time, id')
 
+    def result_counts(self, since, until):
+        """{(provider, label, result): (runs, runs with an end time)} of the gate runs
+        started in [since, until] (what stats counts, without reading every row)."""
+        sql = ('SELECT provider, label, result, COUNT(*), COUNT(end_time) FROM results '
+               'WHERE start_time >= ? AND start_time <= ? GROUP BY provider, label, result')
+        return {(p, l, r): (n, ended) for p, l, r, n, ended in
+                self._execute(sql, [since, until]).fetchall()}
+
+    def result_durations(self, provider, label, results, since, until, offset, limit):
+        """end_time - start_time of the runs of provider and label with one of
+        `results` and an end time, started in [since, until]: shortest first,
+        `limit` of them from `offset` (so a median reads one or two rows)."""
+        results = list(results)
+        sql = ('SELECT end_time - start_time AS seconds FROM results '
+               'WHERE provider = ? AND label = ? AND start_time >= ? AND start_time <= ? '
+               'AND end_time IS NOT NULL AND result IN (%s) ORDER BY seconds LIMIT ? OFFSET ?'
+               % ', '.join('?' for _ in results))
+        params = [provider, label, since, until] + results + [int(limit), int(offset)]
+        return [row[0] for row in self._execute(sql, params).fetchall()]
+
     def finish_result(self, result_id, result, now=None):
         if result not in RESULTS:
             raise ValueError('unknown result %r; valid: %s' % (result, ', '.join(RESULTS)))
@@ -616,6 +656,25 @@ class Session:
             params.append(until)
         return self._select(Launch, ' AND '.join(clauses), params, order='finished, id')
 
+    def launch_counts(self, since, until):
+        """{(provider, label, outcome, reason): (launches, launches with seconds)} of the
+        launches that ended in [since, until]."""
+        sql = ('SELECT provider, label, outcome, reason, COUNT(*), COUNT(seconds) FROM launches '
+               'WHERE finished >= ? AND finished <= ? GROUP BY provider, label, outcome, reason')
+        return {(p, l, o, r): (n, timed) for p, l, o, r, n, timed in
+                self._execute(sql, [since, until]).fetchall()}
+
+    def launch_seconds(self, provider, label, outcomes, since, until, offset, limit):
+        """The seconds of the launches of provider and label with one of `outcomes`
+        that ended in [since, until]: shortest first, `limit` from `offset`."""
+        outcomes = list(outcomes)
+        sql = ('SELECT seconds FROM launches WHERE provider = ? AND label = ? '
+               'AND finished >= ? AND finished <= ? AND seconds IS NOT NULL '
+               'AND outcome IN (%s) ORDER BY seconds LIMIT ? OFFSET ?'
+               % ', '.join('?' for _ in outcomes))
+        params = [provider, label, since, until] + outcomes + [int(limit), int(offset)]
+        return [row[0] for row in self._execute(sql, params).fetchall()]
+
 
 class Database:
     """A connection factory for one database URL.
@@ -626,12 +685,26 @@ class Database:
     file stays missing) and MySQL sessions as read-only transactions.
     """
 
-    def __init__(self, url, lock_timeout=30.0, retries=5, environ=None, read_only=False):
+    def __init__(self, url, lock_timeout=30.0, retries=5, environ=None, read_only=False,
+                 idle_reuse=30.0, skip_locked=None):
         self.url = parse_url(url) if isinstance(url, str) else url
         self.lock_timeout = float(lock_timeout)
         self.retries = int(retries)
         self.read_only = read_only
         self._environ = os.environ if environ is None else environ
+        # MySQL/MariaDB: a connection whose transaction ended cleanly is kept
+        # (at most _POOL_SIZE, for idle_reuse seconds) for this process's next
+        # one: a claim is then a few statements, not a connect, a handshake
+        # and session set-up.  0 opens a connection per transaction.  SQLite
+        # connections are never kept: with kept connections, 32 processes
+        # claiming lost commits in the handout benchmark (not understood yet).
+        self.idle_reuse = float(idle_reuse) if self.url.backend != 'sqlite' else 0.0
+        self._idle = []             # [(conn, since, identity)]
+        self._idle_lock = threading.Lock()
+        self._pid = os.getpid()
+        # MySQL/MariaDB: claim with FOR UPDATE SKIP LOCKED (None: when the
+        # server has it, found from its version, or from a syntax error).
+        self.skip_locked = skip_locked
         if self.url.backend == 'sqlite':
             self.sql = lambda s: s
         else:
@@ -639,6 +712,7 @@ class Database:
 
     @classmethod
     def from_config(cls, config, **kwargs):
+        kwargs.setdefault('idle_reuse', config.db_idle_reuse)
         return cls(config.database, lock_timeout=config.db_lock_timeout,
                    retries=config.db_retries, **kwargs)
 
@@ -663,7 +737,7 @@ class Database:
             target, uri = self.url.path, False
         try:
             conn = sqlite3.connect(target, timeout=self.lock_timeout, isolation_level=None,
-                                   uri=uri)
+                                   uri=uri, check_same_thread=False)
         except sqlite3.OperationalError as e:
             raise self._translate(e)
         try:
@@ -735,15 +809,76 @@ class Database:
         import mysql.connector
         return (mysql.connector.Error,)
 
+    def _identity(self):
+        """What a kept SQLite connection must still be connected to: the file's inode."""
+        if self.url.backend != 'sqlite':
+            return None
+        try:
+            st = os.stat(self.url.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _checkout(self):
+        """(connection, identity): a kept one of this process still good, else a new one."""
+        if self.idle_reuse > 0:
+            with self._idle_lock:
+                if self._pid != os.getpid():
+                    # Forked: the parent's connections are not ours to use, nor to close.
+                    _FORKED_AWAY.extend(self._idle)
+                    self._idle, self._pid = [], os.getpid()
+                now = time.monotonic()
+                while self._idle:
+                    conn, since, identity = self._idle.pop()
+                    if now - since <= self.idle_reuse and self._still_good(conn, identity):
+                        return conn, identity
+                    _quiet_close(conn)
+        conn = self._connect()
+        return conn, self._identity()
+
+    def _still_good(self, conn, identity):
+        if self.url.backend == 'sqlite':
+            # The file replaced or removed: a kept connection would use the old one.
+            return identity is not None and identity == self._identity()
+        # A server that closed the connection (restart, wait_timeout, KILL) has
+        # left it readable; a live idle connection has nothing to read.
+        sock = getattr(getattr(conn, '_socket', None), 'sock', None)
+        if sock is None:
+            return True
+        try:
+            import select
+            return not select.select([sock], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+
+    def _checkin(self, conn, identity):
+        if self.idle_reuse > 0 and self._pid == os.getpid():
+            with self._idle_lock:
+                if len(self._idle) < _POOL_SIZE:
+                    self._idle.append((conn, time.monotonic(), identity))
+                    return
+        _quiet_close(conn)
+
+    def close(self):
+        """Close the connections kept for reuse (the next transaction opens a new one)."""
+        with self._idle_lock:
+            idle, self._idle = (self._idle, []) if self._pid == os.getpid() else ([], [])
+        for conn, _, _ in idle:
+            _quiet_close(conn)
+
     @contextlib.contextmanager
     def session(self):
         """A transaction: commit on normal exit, roll back on an exception.
 
         SQLite sessions take the write lock up front (BEGIN IMMEDIATE) so two
-        writers never deadlock upgrading read locks.
+        writers never deadlock upgrading read locks; a lock held by another
+        writer is waited for by the driver (busy timeout = lock_timeout), not
+        by sleeping here.  A connection whose transaction committed is kept
+        for the next one (see idle_reuse); any other is closed.
         """
-        conn = self._connect()
+        conn, identity = self._checkout()
         errors = self._driver_errors()
+        clean = False
         try:
             try:
                 if self.url.backend == 'sqlite':
@@ -754,6 +889,7 @@ class Database:
             try:
                 yield session
                 conn.commit()
+                clean = True
                 for row, to_state, when, reason in session.transitions:
                     _log_transition(row, to_state, when, reason)
             except errors as e:
@@ -763,7 +899,10 @@ class Database:
                 _quiet_rollback(conn)
                 raise
         finally:
-            _quiet_close(conn)
+            if clean:
+                self._checkin(conn, identity)
+            else:
+                _quiet_close(conn)
 
     def transact(self, fn):
         """Run fn(session) in a transaction, retrying it when the database is busy."""
@@ -775,8 +914,11 @@ class Database:
     def _retrying(self, attempt_fn):
         """Call attempt_fn, again after a jittered backoff while the database is busy.
 
-        Waits are bounded: each attempt waits at most lock_timeout for a lock,
-        and there are at most `retries` attempts.
+        Waits are bounded: each attempt waits at most lock_timeout for a lock
+        (in the driver: SQLite's busy timeout, InnoDB's lock wait timeout),
+        and there are at most `retries` attempts.  The first retry is at once
+        (a deadlock victim, or a lock wait that already lasted lock_timeout,
+        gains nothing by sleeping); later ones back off.
         """
         for attempt in range(1, self.retries + 1):
             try:
@@ -785,7 +927,9 @@ class Database:
                 if attempt == self.retries:
                     raise DatabaseBusy('%s (gave up after %d attempts of up to %g s each)'
                                        % (e, attempt, self.lock_timeout))
-                time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
+                if attempt > 1:
+                    import random
+                    time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.uniform(0.5, 1.5))
 
     # -- schema -----------------------------------------------------------
     def _stored_version(self):
@@ -873,41 +1017,111 @@ class Database:
     def claim_node(self, label, claimed_by, providers=None, result=None):
         """Hand the oldest ready node of `label` to exactly one caller.
 
-        One atomic UPDATE marks the node used with a fresh claim token; the
-        row is then read back by that token.  Optional `providers` restricts
-        the choice; `result` (a dict of results columns) records a gate
-        result row in the same transaction.  Returns (node, result) or
-        (None, None) when no node is ready.
+        On MySQL 8 and MariaDB 10.6+ the oldest ready row that no concurrent
+        claim holds is locked with ``SELECT ... FOR UPDATE SKIP LOCKED`` and
+        marked used by id (only while still ready), so concurrent claims
+        take the oldest rows side by side instead of queueing on the same
+        one.  When that finds nothing (no ready node, or every one held by a
+        claim in flight) and on SQLite or an older server, one atomic UPDATE
+        of the oldest ready row (which waits for a held row) gives the exact
+        answer.  Either way the row is marked with a fresh claim token, and
+        a node has exactly one holder.  Optional `providers` restricts the
+        choice; `result` (a dict of results columns) records a gate result
+        row in the same transaction.  Returns (node, result) or (None, None)
+        when no node is ready.
         """
         providers = list(providers) if providers else None
+        where = 'label = ? AND state = ?'
+        params = [label, 'ready']
+        if providers:
+            where += ' AND provider IN (%s)' % ', '.join('?' for _ in providers)
+            params += providers
 
         def claim(s):
-            token = uuid.uuid4().hex
+            token = os.urandom(16).hex()
             now = time.time()
-            where = 'label = ? AND state = ?'
-            params = [label, 'ready']
-            if providers:
-                where += ' AND provider IN (%s)' % ', '.join('?' for _ in providers)
-                params += providers
-            sets = 'state = ?, state_time = ?, claimed_by = ?, claim_token = ?'
-            set_params = ['used', now, claimed_by, token]
-            if self.url.backend == 'sqlite':
-                sql = ('UPDATE nodes SET %s WHERE id = (SELECT id FROM nodes WHERE %s '
-                       'ORDER BY state_time, id LIMIT 1)' % (sets, where))
-            else:
-                sql = 'UPDATE nodes SET %s WHERE %s ORDER BY state_time, id LIMIT 1' % (sets, where)
-            s._execute(sql, set_params + params)
-            rows = s._select(Node, 'claim_token = ?', [token])
-            if not rows:
+            node = None
+            if self.url.backend != 'sqlite' and self._has_skip_locked(s):
+                node = self._claim_skipping_locked(s, where, params, claimed_by, token, now)
+            if node is None:
+                node = self._claim_oldest(s, where, params, claimed_by, token, now)
+            if node is None:
                 return None, None
-            node = rows[0]
             row = None
             if result is not None:
-                row = s.create_result(now=now, provider=node.provider, label=node.label,
-                                      node_id=node.id, node_name=node.name, **result)
+                values = dict(result, start_time=now, provider=node.provider, label=node.label,
+                              node_id=node.id, node_name=node.name)
+                values.setdefault('result', 'running')
+                row_id = s._insert('results', values)
+                row = Result(**dict({c: values.get(c) for c in _columns(Result)}, id=row_id))
             return node, row
 
         return self.transact(claim)
+
+    def _claim_values(self, claimed_by, token, now):
+        return {'state': 'used', 'state_time': now, 'claimed_by': claimed_by,
+                'claim_token': token}
+
+    def _claim_oldest(self, s, where, params, claimed_by, token, now):
+        """One UPDATE of the oldest ready row (waiting for it if a claim holds it)."""
+        values = self._claim_values(claimed_by, token, now)
+        sets = ', '.join('%s = ?' % c for c in values)
+        if self.url.backend == 'sqlite':
+            sql = ('UPDATE nodes SET %s WHERE id = (SELECT id FROM nodes WHERE %s '
+                   'ORDER BY state_time, id LIMIT 1)' % (sets, where))
+        else:
+            sql = 'UPDATE nodes SET %s WHERE %s ORDER BY state_time, id LIMIT 1' % (sets, where)
+        s._execute(sql, list(values.values()) + params)
+        rows = s._select(Node, 'claim_token = ?', [token])
+        return rows[0] if rows else None
+
+    def _claim_skipping_locked(self, s, where, params, claimed_by, token, now):
+        """Lock the oldest ready row no other claim holds and mark it used; None if none."""
+        sql = ('SELECT %s FROM nodes WHERE %s ORDER BY state_time, id LIMIT 1 '
+               'FOR UPDATE SKIP LOCKED' % (', '.join(_columns(Node)), where))
+        try:
+            rows = s._execute(sql, params).fetchall()
+        except self._driver_errors() as e:
+            if getattr(e, 'errno', None) != _MYSQL_PARSE_ERROR:
+                raise
+            self.skip_locked = False    # an older server: the waiting claim from now on
+            return None
+        if not rows:
+            return None
+        node = Node(*rows[0])
+        values = self._claim_values(claimed_by, token, now)
+        if not s._update(Node, node.id, values, expect_state='ready'):
+            return None     # cannot happen while we hold its lock; the waiting claim decides
+        return dataclasses.replace(node, **values)
+
+    def _has_skip_locked(self, s):
+        if self.skip_locked is None:
+            info = getattr(s._conn, 'server_info', None) or s._conn.get_server_info()
+            self.skip_locked = server_has_skip_locked(info)
+        return self.skip_locked
+
+
+def server_has_skip_locked(info):
+    """Whether a MySQL/MariaDB server version string (the handshake's) has SKIP LOCKED.
+
+    MariaDB 10.x reports itself as ``5.5.5-10.11.19-MariaDB-...``.
+    """
+    info = str(info or '')
+    kind = 'mariadb' if 'mariadb' in info.lower() else 'mysql'
+    if kind == 'mariadb' and info.startswith('5.5.5-'):
+        info = info[len('5.5.5-'):]
+    version = []
+    for part in info.split('-', 1)[0].split('.')[:3]:
+        digits = ''.join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        version.append(int(digits))
+    return bool(version) and tuple(version) >= _SKIP_LOCKED_SINCE[kind]
+
+
+#: Connections a forked child inherited in a Database's pool: never used nor
+#: closed there (closing would end the parent's session), only kept referenced.
+_FORKED_AWAY = []
 
 
 def _log_transition(row, to_state, when, reason):

@@ -18,7 +18,7 @@ import string
 
 import yaml
 
-from devstackgate.errors import ConfigError
+from devstackgate.errors import ConfigError, DatabaseError
 
 CONFIG_ENV = 'DEVSTACK_GATE_CONFIG'
 DEFAULT_CONFIG_PATHS = (
@@ -35,7 +35,15 @@ CLOUDS_YAML_PATHS = (
 # A node must resolve names and have a gateway before it joins the pool.
 DEFAULT_READY_CHECK = ('getent hosts localhost >/dev/null'
                        ' && ip -4 route show default | grep -q via')
-NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
+NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*\Z')    # \Z: no name ends in a newline
+# Values that reach git, ssh, Nova or a shell as arguments: never an option ('-...'), never
+# two lines.  A branch also follows git check-ref-format's rules (see _is_branch).
+BRANCH_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.+/-]*')
+PROJECT_RE = re.compile(r'/?[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*/?')
+KEYPAIR_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_-]*')   # what Nova accepts in a keypair name
+#: Sample values a name format is rendered with to check the names it makes.
+FORMAT_SAMPLE = dict(prefix='dg', label='precise', provider='rax', id=12345,
+                     timestamp='20130101T000000Z')
 
 
 class _Missing:
@@ -49,7 +57,8 @@ REQUIRED = _Missing()
 @dataclasses.dataclass(frozen=True)
 class Key:
     """One row of a validation table."""
-    kind: str                 # 'str', 'int', 'number', 'bool', 'list', 'strlist', 'name', 'mapping'
+    kind: str                 # 'str', 'int', 'number', 'bool', 'list', 'strlist', 'name', 'mapping',
+    #                           'format', 'branch', 'projects', 'source', 'keypair'
     default: object = REQUIRED
     minimum: float = None
     choices: tuple = None     # allowed values; for 'format', the allowed {fields}
@@ -61,11 +70,14 @@ class Key:
             'str': 'a string', 'name': 'a name of letters, digits, ".", "_" or "-"',
             'int': 'a whole number', 'number': 'a number', 'bool': 'true or false',
             'list': 'a list', 'strlist': 'a list of strings', 'mapping': 'a mapping',
-            'format': 'a name format',
+            'format': 'a name format', 'branch': 'a git branch name',
+            'projects': 'a list of project paths such as openstack/nova',
+            'source': 'a URL or a directory, on one line and not beginning with "-"',
+            'keypair': 'a keypair name of letters, digits, "_" or "-"',
         }[self.kind]
         if self.kind == 'format':
-            what = 'a name format using {%s} and only %s' % (
-                self.needs, ', '.join('{%s}' % c for c in self.choices))
+            what = ('a name format using {%s} and only %s, otherwise letters, digits, ".", "_" '
+                    'or "-"' % (self.needs, ', '.join('{%s}' % c for c in self.choices)))
         elif self.choices:
             what = 'one of ' + ', '.join(repr(c) for c in self.choices)
         elif self.minimum is not None:
@@ -84,20 +96,33 @@ GLOBAL_KEYS = {
     'db-lock-timeout': Key('number', 30, minimum=1,
                            doc='seconds a database lock may be waited for, per attempt'),
     'db-retries': Key('int', 5, minimum=1, doc='attempts on a busy database'),
+    'db-idle-reuse': Key('number', 30, minimum=0,
+                         doc='seconds a process keeps an idle database connection for its next '
+                             'transaction; 0 opens one per transaction'),
     'node-prefix': Key('name', 'dg', doc='prefix of every server and image name we create'),
     'node-name-format': Key('format', '{prefix}-{label}-{provider}-{id}',
                             choices=('prefix', 'label', 'provider', 'id'), needs='id',
                             doc='server name of a node'),
-    'image-name-format': Key('format', '{prefix}-{label}-{provider}-{timestamp}',
-                             choices=('prefix', 'label', 'provider', 'timestamp'),
-                             needs='timestamp', doc='name of a built image'),
+    'image-name-format': Key('format', '{prefix}-{label}-{provider}-{timestamp}-{id}',
+                             choices=('prefix', 'label', 'provider', 'timestamp', 'id'),
+                             needs='id', doc='name of a built image; {id} (its row id) keeps '
+                                             'two builds of one second apart'),
     'ssh-private-key': Key('str', os.path.join('~', '.devstack-gate', 'id_rsa'),
                            doc='key used to log in to nodes; created if missing'),
     'poll-interval': Key('number', 5, minimum=0.01,
                          doc='seconds between server list calls while waiting'),
+    'image-poll-fraction': Key('number', 0.05, minimum=0.001,
+                               doc='an image build waiting on its template, snapshot or canary '
+                                   'polls again after this fraction of the time waited so far '
+                                   '(at least image-poll-min, at most poll-interval seconds)'),
+    'image-poll-min': Key('number', 0.1, minimum=0.01,
+                          doc='shortest pause between the polls of an image build'),
     'launch-deadline': Key('number', 480, minimum=1,
                            doc='seconds one launch run may wait; shorter than its Jenkins period'),
     'launch-workers': Key('int', 8, minimum=1, doc='parallel boots and SSH checks per run'),
+    'launch-poll-interval': Key('number', 0.5, minimum=0.01,
+                                doc='seconds between the server list calls of a launch run '
+                                    'while its nodes boot, and between SSH attempts on a node'),
     'ssh-connect-timeout': Key('number', 10, minimum=0.1, doc='seconds per SSH connect attempt'),
     'ready-check-timeout': Key('number', 120, minimum=1, doc='seconds the ready check may run'),
     'fetch-poll': Key('number', 2, minimum=0.01,
@@ -109,6 +134,9 @@ GLOBAL_KEYS = {
     'leak-grace': Key('number', 900, minimum=0,
                       doc='seconds an untracked server or image of ours must be old '
                           'before the reaper deletes it'),
+    'reap-workers': Key('int', 8, minimum=1,
+                        doc='delete calls a reap run makes in parallel (their starts are '
+                            'still spaced by the provider\'s api-rate)'),
     'keep-images': Key('int', 2, minimum=2,
                        doc='ready images kept per provider and label (current and previous)'),
     'image-build-timeout': Key('number', 7200, minimum=1,
@@ -133,7 +161,9 @@ OPENSTACK_KEYS = {
     'compute-api-version': Key('str', '2.1', doc='Nova microversion to request'),
     'ip-type': Key('str', 'any', choices=('fixed', 'floating', 'any'),
                    doc='which server address to use; any prefers floating'),
-    'keypair': Key('name', None, doc='keypair name in the cloud; default PREFIX-PROVIDER'),
+    'keypair': Key('keypair', None,
+                   doc='keypair name in the cloud; default PREFIX-PROVIDER, with any "." '
+                       'of the provider name made "-"'),
 }
 KIND_KEYS = {'openstack': OPENSTACK_KEYS}
 
@@ -165,7 +195,7 @@ IMAGE_KEYS = {
     'min-ram': Key('int', 2048, minimum=0, doc='smallest flavor with at least this RAM (MB)'),
     'min-ready': Key('int', 1, minimum=0),
     'setup': Key('strlist', (), doc='scripts run on the template before the snapshot'),
-    'username': Key('str', 'jenkins'),
+    'username': Key('name', 'jenkins'),
     'paused': Key('bool', False, doc='stop building new images for this label'),
     'ready-check': Key('str', DEFAULT_READY_CHECK,
                        doc='command a node must pass over SSH before it joins the pool'),
@@ -177,11 +207,11 @@ GATE_KEYS = {
     'labels': Key('strlist', ('precise',),
                   doc='the labels (cells) a gate run tests, each on its own node; it passes '
                       'only if every enabled one passes'),
-    'git-base': Key('str', 'https://opendev.org',
+    'git-base': Key('source', 'https://opendev.org',
                     doc='URL or local directory the projects are cloned from'),
-    'projects': Key('strlist', ('openstack/devstack',),
+    'projects': Key('projects', ('openstack/devstack',),
                     doc='repositories prepared in the workspace, in order'),
-    'branch': Key('str', 'master', doc='target branch when the change names none'),
+    'branch': Key('branch', 'master', doc='target branch when the change names none'),
     'workspace': Key('str', 'workspace', doc='directory (relative to the job) holding clones'),
     'test-command': Key('str', 'cd devstack && ./stack.sh && ./exercise.sh',
                         doc='run on the node, from the copied workspace'),
@@ -263,19 +293,24 @@ class Config:
     hold_hours: float
     db_lock_timeout: float
     db_retries: int
+    db_idle_reuse: float
     node_prefix: str
     node_name_format: str
     image_name_format: str
     ssh_private_key: str
     poll_interval: float
+    image_poll_fraction: float
+    image_poll_min: float
     launch_deadline: float
     launch_workers: int
+    launch_poll_interval: float
     ssh_connect_timeout: float
     ready_check_timeout: float
     fetch_poll: float
     max_ready_hours: float
     max_used_hours: float
     leak_grace: float
+    reap_workers: int
     keep_images: int
     image_build_timeout: float
     snapshot_timeout: float
@@ -322,10 +357,12 @@ def load(path=None, check_clouds=True, environ=None):
     environ = os.environ if environ is None else environ
     path = find_config_path(path, environ)
     try:
-        with open(path, encoding='utf-8') as f:
-            text = f.read()
+        with open(path, 'rb') as f:     # decoded whole, so an error gives the file offset
+            text = f.read().decode('utf-8')
     except OSError as e:
         raise ConfigError(['%s: cannot read: %s' % (path, e.strerror or e)])
+    except UnicodeDecodeError as e:
+        raise ConfigError([_not_utf8(path, e, 'a YAML file')])
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -342,6 +379,8 @@ def validate(data, path, check_clouds=True, environ=None):
         raise ConfigError(['%s: expected a mapping of settings at the top level, got %s'
                            % (path, _typename(data))])
     top = _section(data, GLOBAL_KEYS, '', path, errors)
+    if 'database' in top:
+        _check_database(top['database'], path, errors)
     gate = _section(top['gate'] if isinstance(top.get('gate'), dict) else {}, GATE_KEYS,
                     'gate.', path, errors)
     providers = []
@@ -391,7 +430,7 @@ def validate(data, path, check_clouds=True, environ=None):
     for label, why in (top.get('disabled-labels') or {}).items():
         if label not in known:
             errors.append('%s: disabled-labels.%s: no provider offers this label; labels: %s'
-                          % (path, label, ', '.join(sorted(n for n in known if n)) or 'none'))
+                          % (path, _key(label), ', '.join(sorted(n for n in known if n)) or 'none'))
         elif not isinstance(why, str) or not why.strip():
             errors.append('%s: disabled-labels.%s: expected the reason, a string' % (path, label))
     if check_clouds and providers:
@@ -408,7 +447,9 @@ def _build_provider(p, top):
     kind = p['kind']
     values = dict(p)
     if kind == 'openstack':
-        values['keypair'] = p['keypair'] or '%s-%s' % (top['node-prefix'], p['name'])
+        # Nova refuses a '.' in a keypair name (provider rax.dfw: keypair dg-rax-dfw).
+        values['keypair'] = p['keypair'] or re.sub(
+            r'[^A-Za-z0-9_-]', '-', '%s-%s' % (top['node-prefix'], p['name']))
     return _build(ProviderConfig, p, PROVIDER_KEYS,
                   settings=_build(KIND_SETTINGS[kind], values, KIND_KEYS[kind]),
                   images=tuple(_build(ImageConfig, im, IMAGE_KEYS) for im in p['images']))
@@ -458,6 +499,11 @@ def _build(cls, values, table, **override):
     return cls(**kwargs)
 
 
+def _key(key):
+    """A key from the file as it goes into a message: one line, whatever it holds."""
+    return key if isinstance(key, str) and key.isprintable() and key.strip() == key else repr(key)
+
+
 def _typename(value):
     if value is None:
         return 'nothing'
@@ -471,7 +517,7 @@ def _section(data, table, prefix, path, errors):
     for key in data:
         if key not in table:
             errors.append('%s: %s%s: unknown key; valid keys are: %s'
-                          % (path, prefix, key, ', '.join(sorted(table))))
+                          % (path, prefix, _key(key), ', '.join(sorted(table))))
     for key, spec in table.items():
         if key not in data:
             if spec.default is REQUIRED:
@@ -486,7 +532,7 @@ def _section(data, table, prefix, path, errors):
             errors.append('%s: %s%s: expected %s, got %s'
                           % (path, prefix, key, spec.describe(), problem))
         else:
-            out[key] = tuple(value) if spec.kind == 'strlist' else value
+            out[key] = tuple(value) if spec.kind in ('strlist', 'projects') else value
     return out
 
 
@@ -521,7 +567,27 @@ def _check(value, spec):
             return shown
         if spec.needs not in fields or not fields <= set(spec.choices):
             return shown
+        try:        # the names it makes reach Nova, Glance and the gate's shell as they are
+            sample = value.format(**FORMAT_SAMPLE)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return shown
+        if not NAME_RE.match(sample):
+            return shown
         return None
+    elif kind == 'branch':
+        if not isinstance(value, str) or not _is_branch(value):
+            return shown if value != '' else 'an empty string'
+    elif kind == 'projects':
+        if not isinstance(value, list) or not all(
+                isinstance(v, str) and PROJECT_RE.fullmatch(v) for v in value):
+            return shown if not isinstance(value, list) else repr(value)
+    elif kind == 'source':
+        if (not isinstance(value, str) or not value or value.startswith('-')
+                or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+            return shown if value != '' else 'an empty string'
+    elif kind == 'keypair':
+        if not isinstance(value, str) or not KEYPAIR_RE.fullmatch(value):
+            return shown if value != '' else 'an empty string'
     elif kind == 'strlist':
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             return shown
@@ -551,8 +617,10 @@ def cloud_names(environ=None):
     if cpath is None:
         return None, set()
     try:
-        with open(cpath, encoding='utf-8') as f:
-            data = yaml.safe_load(f) or {}
+        with open(cpath, 'rb') as f:
+            data = yaml.safe_load(f.read().decode('utf-8')) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError([_not_utf8(cpath, e, 'a clouds.yaml')])
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(['%s: cannot read clouds.yaml: %s'
                            % (cpath, getattr(e, 'strerror', None) or str(e).splitlines()[0])])
@@ -560,6 +628,28 @@ def cloud_names(environ=None):
     if not isinstance(clouds, dict):
         raise ConfigError(['%s: expected a "clouds:" mapping' % cpath])
     return cpath, set(clouds)
+
+
+def _not_utf8(path, e, what):
+    return '%s: not valid UTF-8 (byte 0x%02x at offset %d): expected %s in UTF-8' % (
+        path, e.object[e.start], e.start, what)
+
+
+def _is_branch(value):
+    """A branch name git takes as one (git check-ref-format --branch), never an option."""
+    return (bool(BRANCH_RE.fullmatch(value)) and '..' not in value
+            and not value.endswith(('/', '.')) and all(
+                part and not part.startswith('.') and not part.endswith('.lock')
+                for part in value.split('/')))
+
+
+def _check_database(url, path, errors):
+    """The database URL, by vmdatabase.parse_url's own rules, before anything is opened."""
+    import vmdatabase       # here: vmdatabase is the one owner of the URL rules
+    try:
+        vmdatabase.parse_url(url)
+    except DatabaseError as e:
+        errors.append('%s: database: %s' % (path, e))
 
 
 def _check_clouds(providers, path, errors, environ):

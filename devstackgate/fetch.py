@@ -7,7 +7,6 @@ no cloud client and makes no cloud call.
 import logging
 import os
 import shlex
-import socket
 import sys
 import time
 
@@ -37,7 +36,7 @@ def job_identity(environ):
     if job:
         claimed_by = '%s #%s' % (job, build or '?')
     else:
-        claimed_by = '%s:%d' % (socket.gethostname(), os.getpid())
+        claimed_by = '%s:%d' % (os.uname().nodename, os.getpid())
     return claimed_by, {'job_name': job, 'build_number': build, 'change_ref': change}
 
 

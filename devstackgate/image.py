@@ -46,17 +46,54 @@ REMOTE_DEVSTACK_DIR = 'devstack'
 SYNC_TIMEOUT = 300
 
 
+class Backoff:
+    """The pauses of one wait of an image build: image-poll-fraction of the time
+    waited so far, at least image-poll-min, and at most what the wait asks for
+    (poll-interval, or what is left before its deadline).
+
+    A build waits for things that take seconds on a fast cloud and minutes on a
+    slow one; a fixed poll-interval overshoots a 3 s boot by up to 5 s, while a
+    pause proportional to the wait so far overshoots any of them by at most
+    that fraction, and polls a long wait no more often than poll-interval.
+    """
+
+    def __init__(self, config, clock=time.monotonic, sleep=time.sleep):
+        self.fraction = config.image_poll_fraction
+        self.minimum = config.image_poll_min
+        self.clock = clock
+        self._sleep = sleep
+        self.started = clock()
+
+    def pause(self, seconds):
+        return min(seconds, max(self.minimum, self.fraction * (self.clock() - self.started)))
+
+    def __call__(self, seconds):
+        self._sleep(self.pause(seconds))
+
+
 class BuildFailed(GateError):
     def __init__(self, reason, message):
         super().__init__(message)
         self.reason = reason
 
 
-def image_name(config, label, provider, when=None):
+def image_name(config, label, provider, when=None, image_id=None):
+    """The name of a built image; {id} is its row id (`ID` before there is a row)."""
     when = when or datetime.datetime.now(datetime.timezone.utc)
     return config.image_name_format.format(prefix=config.node_prefix, label=label,
                                            provider=provider,
-                                           timestamp=when.strftime('%Y%m%dT%H%M%SZ'))
+                                           timestamp=when.strftime('%Y%m%dT%H%M%SZ'),
+                                           id='ID' if image_id is None else image_id)
+
+
+def create_image_row(db, config, provider, label):
+    """A new image row in state building, named with its own id: two builds of one label
+    in the same second still get two names."""
+    def create(s):
+        row = s.create_image(provider, label)
+        s.update_image(row.id, name=image_name(config, label, provider, image_id=row.id))
+        return s.get_image(row.id)
+    return db.transact(create)
 
 
 def build_keypair_name(prefix, label, provider, image_row_id):
@@ -176,9 +213,7 @@ class Builder:
         tag = self._tag(label)
         image, base, flavor = self.choose(label)
         setup = [resolve_setup(self.config, e) for e in image.setup]
-        row = self.db.transact(lambda s: s.create_image(
-            self.provider.name, label,
-            name=image_name(self.config, label, self.provider.name)))
+        row = create_image_row(self.db, self.config, self.provider.name, label)
         log.info('%s: building image %s (row %d) from %s on flavor %s',
                  tag, row.name, row.id, base.name, flavor.name)
         key = paramiko.RSAKey.generate(2048)
@@ -227,12 +262,13 @@ class Builder:
     def wait_for_template(self, tag, server_id, image, key):
         deadline = self.clock() + self.provider.boot_timeout
         started = self.clock()
+        backoff = Backoff(self.config, clock=self.clock, sleep=self.sleep)
         try:
             server = wait.for_state(lambda: self.adapter.get_server(server_id), 'active',
                                     deadline, self.config.poll_interval,
                                     '%s: template %s' % (tag, server_id),
                                     failed=('error', 'gone'), ready=lambda s: s.address,
-                                    clock=self.clock, sleep=self.sleep)
+                                    clock=self.clock, sleep=backoff)
         except wait.Failure as e:
             raise BuildFailed('template-error', 'template went to %s: %s' % (
                 e.last.detail or e.last.state, e.last.fault or 'no fault given'))
@@ -244,7 +280,7 @@ class Builder:
         return ssh.wait_for_ssh(server.address, self.provider.ssh_port, image.username, key,
                                 deadline, self.config.ssh_connect_timeout,
                                 interval=self.config.poll_interval, describe=tag + ': ',
-                                clock=self.clock, sleep=self.sleep)
+                                clock=self.clock, sleep=backoff)
 
     def prepare(self, tag, client, setup):
         deadline = self.clock() + self.config.image_build_timeout
@@ -289,7 +325,8 @@ class Builder:
             wait.for_state(lambda: self.adapter.get_image(snapshot_id), 'active',
                            started + self.config.snapshot_timeout, self.config.poll_interval,
                            '%s: snapshot %s' % (tag, snapshot_id), failed=('failed', 'gone'),
-                           clock=self.clock, sleep=self.sleep)
+                           clock=self.clock,
+                           sleep=Backoff(self.config, clock=self.clock, sleep=self.sleep))
         except wait.Failure as e:
             raise BuildFailed('snapshot-failed', 'snapshot %s ended %s'
                               % (snapshot_id, e.last.detail or e.last.state))
@@ -301,8 +338,10 @@ class Builder:
 
     def canary(self, tag, label, row):
         """Boot one node from the new image through the pool's own launch path."""
+        # The launch code's own polls (server list, SSH), paced like the build's.
         launcher = launch.Launcher(self.config, self.provider, self.db, self.adapter,
-                                   self.pool_key, clock=self.clock, sleep=self.sleep,
+                                   self.pool_key, clock=self.clock,
+                                   sleep=Backoff(self.config, clock=self.clock, sleep=self.sleep),
                                    ready_state='used', claimed_by='canary of image %s' % row.name)
         log.info('%s: booting a canary node from %s', tag, row.name)
         node = launcher.boot(label, row)

@@ -102,6 +102,7 @@ class Launcher:
         self.summary = Summary(provider.name, {i.name: LabelSummary() for i in provider.images})
         self._key_name = None
         self._key_lock = threading.Lock()
+        self._count_lock = threading.Lock()     # the summary's counters, bumped by workers
 
     # -- bookkeeping ------------------------------------------------------
     def _nodes(self):
@@ -145,6 +146,11 @@ class Launcher:
     def _label(self, label):
         return self.summary.labels.setdefault(label, LabelSummary())
 
+    def _bump(self, label, counter):
+        with self._count_lock:
+            s = self._label(label)
+            setattr(s, counter, getattr(s, counter) + 1)
+
     def key_name(self):
         """The pool's keypair, made sure of once per run."""
         with self._key_lock:
@@ -158,7 +164,7 @@ class Launcher:
         if node.external_id:
             self.adapter.delete_quietly('server', node.external_id, describe(node))
         self._finish(node, 'delete', fail_reason=reason)
-        self._label(node.label).failed += 1
+        self._bump(node.label, 'failed')
 
     # -- 1. pick up what earlier runs left --------------------------------
     def resume(self, rows, servers):
@@ -238,14 +244,18 @@ class Launcher:
         image = self.provider.image(label)
         flavor = self.adapter.flavor_for(image.min_ram)
         key_name = self.key_name()
-        node = self.db.transact(lambda s: s.create_node(
-            self.provider.name, label, image_id=image_row.id, username=image.username))
-        name = node_name(self.config, label, self.provider.name, node.id)
-        self._update(node.id, name=name)
-        node = dataclasses.replace(node, name=name)
+
+        def record(s):              # the row and its name in one transaction
+            row = s.create_node(self.provider.name, label, image_id=image_row.id,
+                                username=image.username)
+            name = node_name(self.config, label, self.provider.name, row.id)
+            s.update_node(row.id, name=name)
+            return dataclasses.replace(row, name=name)
+        node = self.db.transact(record)
+        name = node.name
         log.info('%s: booting from image %s on flavor %s', describe(node), image_row.name,
                  flavor.name)
-        self._label(label).launched += 1
+        self._bump(label, 'launched')
         try:
             server_id = self.adapter.create_server(
                 name, image_row.external_id, flavor.id, key_name,
@@ -254,7 +264,7 @@ class Launcher:
         except GateError as e:
             # Even after an error the server may exist (a lost reply): the row
             # stays, marked, and the reaper finds any server by its metadata.
-            self._label(label).failed += 1
+            self._bump(label, 'failed')
             log.warning('%s: boot failed (%s): %s; marking it delete', describe(node), e.reason, e)
             self._finish(node, 'delete', fail_reason=e.reason)
             return None
@@ -270,7 +280,7 @@ class Launcher:
         try:
             client = ssh.wait_for_ssh(ip, self.provider.ssh_port, node.username, self.pkey,
                                       deadline, self.config.ssh_connect_timeout,
-                                      interval=self.config.poll_interval,
+                                      interval=self.config.launch_poll_interval,
                                       describe=describe(node) + ': ', clock=self.clock,
                                       sleep=self.sleep)
         except ssh.SSHTimeout as e:
@@ -291,58 +301,99 @@ class Launcher:
             return Check('failed', 'ready-check', 'ready check exited %d: %s' % (status, last[0]))
         return Check('ready', host_key=host_key)
 
-    def wait(self, watch):
-        """Poll the cloud (one server list per poll) and SSH-check active nodes, until
-        every watched node is ready or failed, or the run's deadline."""
+    def wait(self, watch, booting=(), pool=None):
+        """Poll the cloud (one server list per poll, every launch-poll-interval) and
+        SSH-check active nodes, until every watched node is ready or failed, or the
+        run's deadline.  `booting`: futures of boot() still running in `pool`; each
+        node they return is watched from then on.  A check records its node's outcome
+        as soon as it ends, in the worker that ran it."""
+        if pool is None:
+            with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
+                return self.wait(watch, booting, pool)
         pending = {n.id: n for n in watch}
+        booting = set(booting)
         checking = {}
 
-        def pause(seconds):         # a finished SSH check ends the pause early
-            if checking:
-                concurrent.futures.wait(list(checking), timeout=seconds,
-                                        return_when=concurrent.futures.FIRST_COMPLETED)
-            else:
+        polled = None               # clock() of the last server list
+        interval = self.config.launch_poll_interval
+        early = False               # the last pause was ended by a check or boot, not by time
+
+        def pause(seconds):         # a finished check or boot ends the pause early
+            nonlocal early
+            busy = list(checking) + list(booting)
+            early = False
+            if not busy:
                 self.sleep(seconds)
+                return
+            if pending and polled is not None:      # the next list stays on the cadence
+                seconds = max(0.0, min(seconds, polled + interval - self.clock()))
+            done, _ = concurrent.futures.wait(busy, timeout=seconds,
+                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            early = bool(done) and polled is not None and self.clock() - polled < interval
 
         def progress(waited):
             log.info('%s: waiting for %d node(s) to boot and %d to pass SSH checks, %.0f s so far',
-                     self.provider.name, len(pending), len(checking), waited)
+                     self.provider.name, len(pending) + len(booting), len(checking), waited)
 
-        with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
-            try:
-                for _ in wait.iterate(self.deadline, self.config.poll_interval,
-                                      '%s: nodes' % self.provider.name, clock=self.clock,
-                                      sleep=pause, progress=progress):
-                    for future in [f for f in checking if f.done()]:
-                        self._checked(checking.pop(future), future.result())
-                    if not (pending or checking):
-                        break
-                    if not pending:
-                        continue
-                    try:
-                        servers = {s.id: s for s in self.adapter.list_servers()}
-                    except GateError as e:
-                        log.warning('%s: cannot list servers (%s); will try again',
-                                    self.provider.name, e)
-                        continue
-                    for node in list(pending.values()):
-                        self._poll_one(node, servers.get(node.external_id), pending, checking,
-                                       pool)
-            except wait.Timeout:
-                pass
-            for future, node in checking.items():
-                self._checked(node, future.result())
-        left = [n for n in pending.values()] + [n for n in checking.values()
-                                               if self._state(n) == 'building']
+        try:
+            for _ in wait.iterate(self.deadline, interval, '%s: nodes' % self.provider.name,
+                                  clock=self.clock, sleep=pause, progress=progress):
+                for future in [f for f in checking if f.done()]:
+                    checking.pop(future)
+                    future.result()             # a bug in a check is not swallowed
+                for future in [f for f in booting if f.done()]:
+                    booting.discard(future)
+                    node = future.result()
+                    if node is not None:
+                        pending[node.id] = node
+                if not (pending or checking or booting):
+                    break
+                if not pending or early:    # woken by a check or a boot: not time to list
+                    continue
+                polled = self.clock()
+                try:
+                    servers = {s.id: s for s in self.adapter.list_servers()}
+                except GateError as e:
+                    log.warning('%s: cannot list servers (%s); will try again',
+                                self.provider.name, e)
+                    continue
+                active = []
+                for node in list(pending.values()):
+                    ip = self._poll_one(node, servers.get(node.external_id), pending)
+                    if ip is not None:
+                        active.append(dataclasses.replace(node, ip=ip))
+                if active:
+                    self._record_addresses(active)
+                    for node in active:
+                        checking[pool.submit(self._check_and_finish, node)] = node
+        except wait.Timeout:
+            pass
+        for future in list(checking):
+            future.result()
+        booted_late = [f.result() for f in list(booting)]   # the next run waits for these
+        left = ([n for n in pending.values()] + [n for n in booted_late if n is not None]
+                + [n for n in checking.values() if self._state(n) == 'building'])
         if left:
             log.info('%s: run deadline reached after %.0f s; %d node(s) still building are left '
                      'for the next run', self.provider.name, self.clock() - self.started, len(left))
+
+    def _record_addresses(self, nodes):
+        """The addresses of the nodes one poll found ACTIVE, in one transaction."""
+        def tx(s):
+            for node in nodes:
+                s.update_node(node.id, ip=node.ip)
+        self.db.transact(tx)
+
+    def _check_and_finish(self, node):
+        self._checked(node, self.check_node(node, node.ip))
 
     def _state(self, node):
         row = self.db.transact(lambda s: s.get_node(node.id))
         return row.state if row else None
 
-    def _poll_one(self, node, server, pending, checking, pool):
+    def _poll_one(self, node, server, pending):
+        """Act on one watched node's server as listed: its address when it is active
+        and reachable (for an SSH check), else None."""
         age = time.time() - node.created
         state = server.state if server is not None else 'gone'
         if state == 'gone':
@@ -361,9 +412,7 @@ class Launcher:
                 return
             del pending[node.id]
             log.info('%s: ACTIVE at %s after %.0f s; waiting for SSH', describe(node), ip, age)
-            node = dataclasses.replace(node, ip=ip)
-            self._update(node.id, ip=ip)
-            checking[pool.submit(self.check_node, node, ip)] = node
+            return ip
         elif age > self.provider.boot_timeout:
             del pending[node.id]
             self.fail(node, 'timeout', 'still %s after boot-timeout %.0f s'
@@ -373,7 +422,7 @@ class Launcher:
         if check.outcome == 'ready':
             if self._finish(node, self.ready_state, ip=node.ip, host_key=check.host_key,
                             claimed_by=self.claimed_by):
-                self._label(node.label).became_ready += 1
+                self._bump(node.label, 'became_ready')
         elif check.outcome == 'failed':
             self.fail(node, check.reason, check.message)
 
@@ -391,10 +440,10 @@ class Launcher:
                     self.adapter.flavor_for(image.min_ram)
                 except cloud.NoFlavor as e:
                     raise cloud.NoFlavor('%s (label %s)' % (e, label))
-            with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
-                booted = list(pool.map(lambda b: self.boot(*b), boots))
-            watch += [n for n in booted if n is not None]
-        self.wait(watch)
+        # Boots and SSH checks share the workers; the polls start while nodes boot.
+        with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
+            booting = [pool.submit(self.boot, label, row) for label, row in boots]
+            self.wait(watch, booting, pool)
         counts = collections.Counter((n.label, n.state) for n in self._nodes())
         metrics.node_gauges(metrics.get(), self.provider.name,
                             [i.name for i in self.provider.images], counts)

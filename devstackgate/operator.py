@@ -129,10 +129,15 @@ def find_node(db, ref):
 
 # -- reading ------------------------------------------------------------------------
 
+#: The columns of a node as list prints them (no claim token: it is the claim's handshake).
+NODE_FIELDS = [f.name for f in dataclasses.fields(vmdatabase.Node) if f.name != 'claim_token']
+
+
 def node_dict(node, image_names, now):
     """A node as --json prints it (no claim token: it is the claim's handshake)."""
-    row = dataclasses.asdict(node)
-    del row['claim_token']
+    # Its fields are plain values: a shallow copy, not dataclasses.asdict's deep one
+    # (which alone took most of a 10,000-node list).
+    row = {name: getattr(node, name) for name in NODE_FIELDS}
     row['image'] = image_names.get(node.image_id)
     row['age'] = now - node.state_time
     return row

@@ -67,6 +67,7 @@ leaked-keypair       the fresh keypair of an image build that is no longer
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import datetime
 import logging
@@ -593,40 +594,81 @@ class Reaper:
         return self._compare_and_set(row, lambda s: s.delete_image(row.id))
 
     def apply(self, the_plan):
+        """Take the steps in the plan's order, each row marked (its plan update)
+        just before its first step: rows are removed here, cloud deletes run
+        reap-workers at a time (each call still spaced by the provider's
+        api-rate).  A step whose row changed under us is skipped.  An outage
+        stops the run: the deletes not yet started are dropped (the next run
+        asks again), the rows are still marked."""
         name = self.provider.name
+        # A row is marked just before its first step, so the deletes (in the
+        # workers) overlap the marking of the rows after them.
+        unmarked = {self._row_key(row): (row, fields) for row, fields in the_plan.updates}
         blocked = set()
-        for row, fields in the_plan.updates:
+
+        def mark(key):
+            row, fields = unmarked.pop(key)
             done, fresh = self._update_row(row, fields)
             if not done:
-                blocked.add(self._row_key(row))
+                blocked.add(key)
                 self._changed(row, fresh)
-        for step in the_plan.steps:
-            if step.row is not None and self._row_key(step.row) in blocked:
+
+        outage = []
+        futures = {}
+
+        def note_outage(future):
+            if not future.cancelled() and isinstance(future.exception(), cloud.CloudUnavailable):
+                outage.append(future.exception())
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, self.config.reap_workers),
+                                                   thread_name_prefix='reap-delete') as pool:
+            for step in the_plan.steps:
+                if outage:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+                if step.row is not None and self._row_key(step.row) in unmarked:
+                    mark(self._row_key(step.row))
+                if step.row is not None and self._row_key(step.row) in blocked:
+                    continue
+                if step.remove:
+                    done, fresh = self._remove_row(step.row)
+                    if done:
+                        log.info('%s: deleting %s', name, step.text())
+                        self.summary.deleted[step.reason] += 1
+                    else:
+                        self._changed(step.row, fresh)
+                    continue
+                log.info('%s: deleting %s', name, step.text())
+                future = pool.submit(self._delete, step)
+                future.add_done_callback(note_outage)
+                futures[future] = step
+            for key in list(unmarked):          # rows with nothing to delete now, or
+                mark(key)                       # left by an outage: marked all the same
+        for future, step in futures.items():        # in the plan's order
+            if future.cancelled():
                 continue
-            if step.remove:
-                done, fresh = self._remove_row(step.row)
-                if done:
-                    log.info('%s: deleting %s', name, step.text())
-                    self.summary.deleted[step.reason] += 1
-                else:
-                    self._changed(step.row, fresh)
+            error = future.exception()
+            if error is None:
+                self.summary.deleted[step.reason] += 1
+            elif isinstance(error, cloud.CloudUnavailable):
                 continue
-            log.info('%s: deleting %s', name, step.text())
-            try:
-                if step.server_id:
-                    self.adapter.delete_server(step.server_id)
-                elif step.image_id:
-                    self.adapter.delete_image(step.image_id)
-                elif step.keypair:
-                    self.adapter.delete_keypair(step.keypair)
-            except cloud.CloudUnavailable:
-                raise
-            except cloud.CloudError as e:
+            elif not isinstance(error, cloud.CloudError):
+                raise error                 # not the cloud's doing: a bug
+            else:
                 self.summary.failed[step.reason] += 1
                 log.warning('%s: delete of %s %s (%s) failed (%s): %s; asked again on the next '
-                            'run', name, step.kind, step.name, step.id, e.reason, e)
-                continue
-            self.summary.deleted[step.reason] += 1
+                            'run', name, step.kind, step.name, step.id, error.reason, error)
+        if outage:
+            raise outage[0]
+
+    def _delete(self, step):
+        """One step's cloud call (in a worker thread); CloudError if it failed."""
+        if step.server_id:
+            self.adapter.delete_server(step.server_id)
+        elif step.image_id:
+            self.adapter.delete_image(step.image_id)
+        elif step.keypair:
+            self.adapter.delete_keypair(step.keypair)
 
     def _changed(self, row, fresh):
         self.summary.skipped += 1

@@ -120,43 +120,56 @@ def rate(part, whole):
 
 
 def gate_runs(results):
-    g = GateRuns()
-    durations = []
-    for r in results:
-        if r.result == 'running':
-            g.running += 1
-        elif r.result == 'aborted':
-            g.aborted += 1
-        elif r.result in VERDICTS:
-            g.runs += 1
-            g.successes += r.result == 'success'
-            g.failures += r.result == 'failure'
-            g.timeouts += r.result == 'timeout'
-            if r.end_time is not None:
-                durations.append(r.end_time - r.start_time)
+    """GateRuns of Result rows."""
+    counts = collections.Counter(r.result for r in results)
+    durations = [r.end_time - r.start_time for r in results
+                 if r.result in VERDICTS and r.end_time is not None]
+    return _gate_runs(counts, statistics.median(durations) if durations else None)
+
+
+def _gate_runs(counts, median_seconds):
+    """GateRuns of {result: runs} and the median run time."""
+    g = GateRuns(running=counts.get('running', 0), aborted=counts.get('aborted', 0),
+                 successes=counts.get('success', 0), failures=counts.get('failure', 0),
+                 timeouts=counts.get('timeout', 0))
+    g.runs = g.successes + g.failures + g.timeouts
     g.failure_rate = rate(g.failures + g.timeouts, g.runs)
-    g.median_seconds = statistics.median(durations) if durations else None
+    g.median_seconds = median_seconds
     return g
 
 
 def launches(rows):
+    """Launches of Launch rows."""
+    counts = collections.Counter((row.outcome, row.reason) for row in rows)
+    to_ready = [row.seconds for row in rows
+                if row.outcome in READY_OUTCOMES and row.seconds is not None]
+    return _launches(counts, statistics.median(to_ready) if to_ready else None)
+
+
+def _launches(counts, median_seconds_to_ready):
+    """Launches of {(outcome, reason): launches} and the median time to ready."""
     out = Launches()
-    to_ready = []
     reasons = collections.Counter()
-    for row in rows:
-        out.launches += 1
-        if row.outcome in READY_OUTCOMES:
-            out.ready += 1
-            if row.seconds is not None:
-                to_ready.append(row.seconds)
+    for (outcome, reason), n in counts.items():
+        out.launches += n
+        if outcome in READY_OUTCOMES:
+            out.ready += n
         else:
-            out.failed += 1
-            reasons[row.reason or 'unknown'] += 1
+            out.failed += n
+            reasons[reason or 'unknown'] += n
     out.failure_rate = rate(out.failed, out.launches)
     out.reasons = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
     out.reason_rates = {k: v / out.launches for k, v in out.reasons.items()}
-    out.median_seconds_to_ready = statistics.median(to_ready) if to_ready else None
+    out.median_seconds_to_ready = median_seconds_to_ready
     return out
+
+
+def median_of(n, fetch):
+    """The median of n sorted values of which fetch(offset, limit) reads a slice:
+    statistics.median's, from the one or two middle values only."""
+    if not n:
+        return None
+    return statistics.median(fetch((n - 1) // 2, 1 if n % 2 else 2))
 
 
 def judge(cells, min_runs=MIN_RUNS, margin=OUTLIER_MARGIN, factor=OUTLIER_FACTOR):
@@ -205,21 +218,36 @@ def compute(db, config, days=7, now=None, min_runs=MIN_RUNS, margin=OUTLIER_MARG
     now = time.time() if now is None else now
     since = now - days * DAY
 
-    def tx(s):
-        return s.results_between(since, now), s.launches(since=since, until=now)
-    results, launch_rows = db.transact(tx)
     keys = {(p.name, i.name) for p in config.providers for i in p.images}
-    by_cell_results = collections.defaultdict(list)
-    by_cell_launches = collections.defaultdict(list)
-    for r in results:
-        if r.provider and r.label:
-            by_cell_results[(r.provider, r.label)].append(r)
-    for row in launch_rows:
-        by_cell_launches[(row.provider, row.label)].append(row)
-    keys |= set(by_cell_results) | set(by_cell_launches)
-    cells = [Cell(provider, label, gate_runs(by_cell_results[(provider, label)]),
-                  launches(by_cell_launches[(provider, label)]))
-             for provider, label in sorted(keys)]
+
+    def tx(s):
+        # Counted and medians taken by the database: at 100,000 results a week's
+        # rows are too many to read back one by one (seconds on MariaDB).
+        runs = collections.defaultdict(collections.Counter)
+        ended = collections.Counter()
+        for (provider, label, result), (n, with_end) in s.result_counts(since, now).items():
+            if provider and label:
+                runs[(provider, label)][result] += n
+                if result in VERDICTS:
+                    ended[(provider, label)] += with_end
+        outcomes = collections.defaultdict(collections.Counter)
+        timed = collections.Counter()
+        for (provider, label, outcome, reason), (n, with_seconds) in \
+                s.launch_counts(since, now).items():
+            outcomes[(provider, label)][(outcome, reason)] += n
+            if outcome in READY_OUTCOMES:
+                timed[(provider, label)] += with_seconds
+        cells = []
+        for provider, label in sorted(keys | set(runs) | set(outcomes)):
+            gate = _gate_runs(runs[(provider, label)], median_of(
+                ended[(provider, label)], lambda offset, limit: s.result_durations(
+                    provider, label, VERDICTS, since, now, offset, limit)))
+            launch = _launches(outcomes[(provider, label)], median_of(
+                timed[(provider, label)], lambda offset, limit: s.launch_seconds(
+                    provider, label, READY_OUTCOMES, since, now, offset, limit)))
+            cells.append(Cell(provider, label, gate, launch))
+        return cells
+    cells = db.transact(tx)
     judge(cells, min_runs, margin, factor)
     return Stats(since=since, until=now, days=days, min_runs=min_runs, outlier_margin=margin,
                  outlier_factor=factor, cells=cells)

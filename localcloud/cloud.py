@@ -3,7 +3,7 @@
 The API listener (127.0.0.1, one port) serves keystone under /identity, nova
 under /compute and glance under /image, the URLs the token's catalog lists.
 Every call is counted under "METHOD /path/{template}", then delayed by
-api-latency, then possibly answered with an injected 500 or 429, then
+api-latency (and a DELETE also by delete-latency), then possibly answered with an injected 500 or 429, then
 handled.  Its span (wall-clock time it reached dispatch, before the latency,
 and time its answer was ready) is kept too, the newest ``span-history`` per
 key, so tests can tell parallel calls from sequential or rate-limited ones.
@@ -174,7 +174,7 @@ class Cloud:
                 key = module.PREFIX + template
             except NoRoute as e:
                 allowed = e.allowed
-        latency, injected, retry_after = self.state.draw_api_fault()
+        latency, injected, retry_after = self.state.draw_api_fault(request.method)
         if latency:
             time.sleep(latency)
         try:

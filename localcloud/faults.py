@@ -28,6 +28,8 @@ DEFAULTS = {
     "stuck-build-rate": 0.0,
     # seconds added before every API answer
     "api-latency": {"min": 0.0, "max": 0.0},
+    # seconds added (on top of api-latency) before the answer to a DELETE call
+    "delete-latency": {"min": 0.0, "max": 0.0},
     # probability an API call answers 500 (computeFault and friends)
     "api-error-rate": 0.0,
     # probability an API call answers 429 overLimit with Retry-After
@@ -50,7 +52,7 @@ DEFAULTS = {
 
 RATES = ("boot-error-rate", "no-network-rate", "stuck-build-rate",
          "api-error-rate", "api-overlimit-rate", "snapshot-failure-rate")
-DELAYS = ("boot-delay", "api-latency", "snapshot-delay")
+DELAYS = ("boot-delay", "api-latency", "delete-latency", "snapshot-delay")
 QUOTA_KEYS = ("instances", "cores", "ram")
 
 

@@ -292,11 +292,14 @@ class CloudState:
             self.faults = faults_mod.merge(self.faults, update)
             return faults_mod.merge(self.faults, {})
 
-    def draw_api_fault(self):
-        """Latency and the injected error for one API call: (seconds, status)."""
+    def draw_api_fault(self, method=None):
+        """Latency and the injected error for one API call: (seconds, status,
+        retry-after); a DELETE also waits delete-latency."""
         with self.lock:
             f = self.faults
             latency = faults_mod.sample(self.rng_api, f["api-latency"])
+            if method == "DELETE" and f["delete-latency"]["max"] > 0:
+                latency += faults_mod.sample(self.rng_api, f["delete-latency"])
             status = None
             if faults_mod.chance(self.rng_api, f["api-error-rate"]):
                 status = 500
@@ -819,6 +822,8 @@ class CloudState:
                     "deleted": s.deleted, "lingering": s.deleted and not s.purged,
                     "lingering_lists": s.linger if not s.purged else 0,
                     "created": iso(s.created),
+                    # time.time() it turned ACTIVE (None: not yet, or never)
+                    "launched_at": s.launched_at,
                     "deleted_at": iso(s.deleted_at) if s.deleted_at else None,
                 })
             return report

@@ -42,6 +42,7 @@ class Pool:
             'database': db_url,
             'ssh-private-key': str(tmp_path / 'keys' / 'id_rsa'),
             'poll-interval': 0.1,
+            'launch-poll-interval': 0.1,
             'launch-deadline': 60,
             'ssh-connect-timeout': 2,
             'fetch-poll': 0.05,

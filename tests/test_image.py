@@ -320,3 +320,20 @@ def test_validate_command_runs_on_the_canary(built):
     assert 'build failed (canary-failed): validate command exited 1 on canary' in proc.stderr
     assert current(built) == good
     assert_nothing_leaked(built)
+
+
+def test_build_polls_back_off_with_the_time_waited():
+    """A build's waits pause image-poll-fraction of the time waited so far, at least
+    image-poll-min, at most what the wait asks for (poll-interval or the deadline)."""
+    import types
+
+    from devstackgate import image
+    now = [100.0]
+    slept = []
+    config = types.SimpleNamespace(image_poll_fraction=0.05, image_poll_min=0.1)
+    backoff = image.Backoff(config, clock=lambda: now[0], sleep=slept.append)
+    for waited, asked in ((0.0, 5.0), (1.0, 5.0), (3.0, 5.0), (40.0, 5.0), (400.0, 5.0),
+                          (400.0, 0.5)):
+        now[0] = 100.0 + waited
+        backoff(asked)
+    assert slept == pytest.approx([0.1, 0.1, 0.15, 2.0, 5.0, 0.5])

@@ -189,6 +189,26 @@ def test_waiting_uses_one_list_call_per_poll(tmp_path, clouds_for, sqlite_url):
     assert lists['rax'] <= lists['hp'] + 3, lists
 
 
+def test_a_node_is_ready_within_a_second_of_turning_active_at_the_default_cadence(
+        tmp_path, clouds_for, sqlite_url):
+    """launch-poll-interval at its default: each node is SSH-checked and recorded ready
+    soon after its server turns ACTIVE (the cloud's own time)."""
+    pool = two_providers(tmp_path, clouds_for, sqlite_url, rax={'faults': {'boot-delay': 0.6}})
+    del pool.data['poll-interval']              # launch must not depend on it any more
+    pool.data['providers'][0]['images'][0]['min-ready'] = 4
+    pool.write()
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr
+    nodes = pool.nodes(provider='rax', state='ready')
+    assert len(nodes) == 4
+    active = {s['id']: s['launched_at'] for s in pool.clouds['rax'].servers()}
+    waits = [n.state_time - active[n.external_id] for n in nodes]
+    assert all(0 < w < 1.0 for w in waits), waits
+    # One server list per poll, never a GET per server.
+    calls = pool.clouds['rax'].stats()['calls']
+    assert not any(k.startswith('GET /compute/v2.1/servers/{') for k in calls), calls
+
+
 def test_node_names_follow_the_configured_format(tmp_path, clouds_for, sqlite_url):
     pool = two_providers(tmp_path, clouds_for, sqlite_url)
     pool.data['node-prefix'] = 'ci'

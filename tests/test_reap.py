@@ -16,6 +16,7 @@ import paramiko
 import pytest
 
 import vmdatabase
+from localcloud.testing import max_overlap
 from devstackgate import cloud, config as configmod, image as imagemod, reap
 from devstackgate.drivers import openstack
 from tests.pool import BASE_IMAGE, Pool, cloud_config, make_base_dir, provider
@@ -325,6 +326,32 @@ def test_a_cloud_lost_mid_run_stops_the_run_with_the_rows_consistent(tmp_path, c
     assert {n.external_id for n in nodes} == {d[1] for d in deletions(err)}
 
 
+def test_deletes_run_reap_workers_at_a_time_and_keep_the_api_rate(tmp_path, clouds_for,
+                                                                   sqlite_url):
+    """Eight deletes at 0.4 s each: reap-workers 4 runs them four at a time (two rounds,
+    not eight); the provider's api-rate still spaces their starts; the lines and the
+    table are the one-by-one run's."""
+    pool = make_pool(tmp_path, clouds_for, sqlite_url, faults={'delete-latency': 0.4},
+                     **{'reap-workers': 4})
+    pool.data['providers'][0]['api-rate'] = 0.1
+    pool.write()
+    current = pool.seed_base_images('rax', 'precise')
+    f = Fabricator(pool)
+    servers = [f.node('used', time.time() - 9 * HOUR, image_id=current.id)[1] for _ in range(8)]
+    pool.clouds['rax'].reset_stats()
+    summary, _, err = reap_in_process(pool)
+    assert summary.deleted == {'used-too-long': 8} and not summary.failed, err
+    assert sorted(ident for _, ident, _, _ in deletions(err)) == sorted(servers)
+    spans = pool.clouds['rax'].call_spans('DELETE /compute/v2.1/servers/{id}')
+    assert len(spans) == 8
+    assert max_overlap(spans) == 4, spans
+    took = max(end for _, end in spans) - min(start for start, _ in spans)
+    assert took < 8 * 0.4 * 0.75, took              # one by one: 3.2 s and more
+    starts = sorted(start for start, _ in spans)
+    assert starts[-1] - starts[0] >= 7 * 0.1 * 0.9, starts     # spaced (on average)
+    assert live_ours(pool)[0] == set()
+
+
 def test_a_refused_delete_is_retried_next_run_and_never_forgotten(tmp_path, clouds_for,
                                                                   sqlite_url):
     protected = {'name': 'dg-precise-rax-7', 'directory': make_base_dir(tmp_path),
@@ -478,7 +505,7 @@ def test_marking_a_row_waits_for_a_claim_in_flight(tmp_path, db_url):
 # -- concurrency and outages -----------------------------------------------------------
 
 def test_a_launch_while_reaping_keeps_all_its_nodes(tmp_path, clouds_for, db_url):
-    pool = make_pool(tmp_path, clouds_for, db_url, faults={'boot-delay': 2.0}, min_ready=3,
+    pool = make_pool(tmp_path, clouds_for, db_url, faults={'boot-delay': 3.0}, min_ready=3,
                      **{'leak-grace': 60})
     current = pool.seed_base_images('rax', 'precise')
     f = Fabricator(pool)

@@ -237,3 +237,26 @@ def test_launcher_records_how_each_launch_ended(tmp_path, db_url, db):
         4, 2, {'lost': 1, 'no-network': 1})
     with pytest.raises(ValueError):
         db.transact(lambda s: s.record_launch('rax', 'precise', 1, 'exploded', None, 1))
+
+
+@pytest.mark.parametrize('count', [1, 2, 5, 6])
+def test_medians_read_by_the_database_are_statistics_medians(tmp_path, db_url, db, count):
+    # stats takes its medians from the middle one or two rows the database sorts; they
+    # must be statistics.median's over every row, odd and even counts alike.
+    import random
+    import statistics
+    rng = random.Random(count)
+    lengths = [rng.uniform(60, 5400) for _ in range(count)]
+    add_runs(db, 'rax', 'precise', ['success', 'failure', 'timeout'] * count, seconds=[
+        x for x in lengths for _ in range(3)][:3 * count])
+    add_runs(db, 'rax', 'precise', ['aborted'], seconds=1.0)        # not a verdict: not counted
+    ready = [rng.uniform(10, 600) for _ in range(count)]
+    add_launches(db, 'rax', 'precise', [('ready', None, x) for x in ready]
+                 + [('failed', 'timeout', 9999.0), ('ready', None, None)])
+    cell = stats.compute(db, make_config(tmp_path, db_url), now=NOW).cell('rax', 'precise')
+    durations = [x for x in lengths for _ in range(3)][:3 * count]
+    assert cell.gate.median_seconds == pytest.approx(statistics.median(durations), abs=1e-6)
+    assert cell.launch.median_seconds_to_ready == pytest.approx(statistics.median(ready))
+    assert (cell.launch.launches, cell.launch.ready, cell.launch.failed) == (
+        count + 2, count + 1, 1)
+    assert stats.median_of(0, None) is None

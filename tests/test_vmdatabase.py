@@ -395,3 +395,36 @@ def test_image_pauses_for_one_provider_or_all(db_url, monkeypatch):
     db.transact(lambda s: s.pause_image('precise', 'hp'))
     assert db.transact(lambda s: s.unpause_image('precise')) == 2
     assert [p.label for p in db.transact(lambda s: s.image_pauses())] == ['quantal']
+
+
+def test_index_migration_upgrades_a_version_5_database_and_the_stats_queries_use_it(
+        db_url, monkeypatch):
+    # A database at schema 5 (before the index migration), with a result and a launch.
+    monkeypatch.setattr(vmdatabase, 'MIGRATIONS', [m for m in vmdatabase.MIGRATIONS if m[0] <= 5])
+    db = vmdatabase.Database(db_url).upgrade()
+    assert db.version() == 5
+    with db.session() as s:
+        s.create_result(now=100.0, provider='rax', label='precise', result='success')
+        s.finish_result(1, 'success', now=160.0)
+        s.record_launch('rax', 'precise', 1, 'ready', None, 42.0, now=100.0)
+    monkeypatch.undo()
+    db = vmdatabase.Database(db_url).upgrade()
+    assert db.version() == vmdatabase.schema_version() >= 6
+    wanted = {'results_start', 'results_cell', 'launches_cell'}
+    with db.session() as s:
+        if db.url.backend == 'sqlite':
+            names = {r[0] for r in s._execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            plan = ' '.join(r[-1] for r in s._execute(
+                'EXPLAIN QUERY PLAN SELECT end_time - start_time FROM results WHERE provider = ? '
+                'AND label = ? AND start_time >= ? AND start_time <= ?', ['rax', 'precise', 0, 1]))
+            assert 'results_cell' in plan
+        else:
+            names = {r[0] for r in s._execute(
+                'SELECT index_name FROM information_schema.statistics WHERE table_schema = '
+                'DATABASE()').fetchall()}
+        assert wanted <= names
+        # The data is kept, and the aggregate queries stats reads answer from it.
+        assert s.result_counts(0, 200) == {('rax', 'precise', 'success'): (1, 1)}
+        assert s.result_durations('rax', 'precise', ['success'], 0, 200, 0, 2) == [60.0]
+        assert s.launch_counts(0, 200) == {('rax', 'precise', 'ready', None): (1, 1)}
+        assert s.launch_seconds('rax', 'precise', ['ready'], 0, 200, 0, 1) == [42.0]

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 
 from devstackgate import config as configmod
 from devstackgate import log
@@ -66,6 +65,7 @@ def run(prog, p, argv, body, check_clouds=True):
 
 def write_atomically(path, text):
     """Write a file whole or not at all (a failed run never leaves half a page or job file)."""
+    import tempfile     # not at the top: fetch, which writes nothing, starts without it
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path))

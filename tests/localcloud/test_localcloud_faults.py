@@ -76,6 +76,28 @@ def test_api_latency(cloud, nova):
     assert time.monotonic() - started < 0.3
 
 
+def test_delete_latency_delays_deletes_only(cloud, nova, boot):
+    cloud.set_faults({"stuck-build-rate": 1.0, "delete-latency": 0.3})
+    server = boot("slow-delete", wait=False)
+    started = time.monotonic()
+    nova.servers.list()
+    nova.flavors.list()
+    assert time.monotonic() - started < 0.3          # lists and GETs: not delayed
+    started = time.monotonic()
+    nova.servers.delete(server.id)
+    assert time.monotonic() - started >= 0.3
+    spans = cloud.call_spans("DELETE /compute/v2.1/servers/{id}")
+    assert len(spans) == 1 and spans[0][1] - spans[0][0] >= 0.3
+    assert cloud.get_faults()["delete-latency"] == {"min": 0.3, "max": 0.3}
+
+
+def test_server_report_says_when_it_turned_active(cloud, boot):
+    before = time.time()
+    server = boot("timed")
+    (report,) = [s for s in cloud.servers() if s["id"] == server.id]
+    assert before <= report["launched_at"] <= time.time()
+
+
 def test_api_error_rate_is_random_but_seeded(make_clouds, cloud_config):
     def outcomes():
         lc = make_clouds({"clouds": [cloud_config(
