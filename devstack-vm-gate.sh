@@ -43,6 +43,8 @@ export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 # Never wait for a password prompt: git fails instead, and is retried.
 export GIT_TERMINAL_PROMPT=0
 export GIT_SSH_COMMAND=${GIT_SSH_COMMAND:-ssh -o BatchMode=yes}
+# Only transports that move data: never ext:: (runs a command) or fd::, whatever a URL says.
+export GIT_ALLOW_PROTOCOL=${GIT_ALLOW_PROTOCOL:-file:git:http:https:ssh}
 
 usage() {
     cat <<'USAGE'
@@ -72,8 +74,15 @@ configuration or usage; 143 aborted by SIGTERM (logs collected, result recorded)
 USAGE
 }
 
-say() { printf '%s %s: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$PROG" "$*"; }
-usage_error() { printf '%s: %s (see --help)\n' "$PROG" "$1" >&2; exit 2; }
+say() {  # a console line; a URL's password (https://user:PASSWORD@host) shows as ***
+    printf '%s %s: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$PROG" "$*" \
+        | sed -E 's#(://[^/[:space:]:@]*:)[^/[:space:]@]*@#\1***@#g'
+}
+usage_error() {
+    printf '%s: %s (see --help)\n' "$PROG" "$1" \
+        | sed -E 's#(://[^/[:space:]:@]*:)[^/[:space:]@]*@#\1***@#g' >&2
+    exit 2
+}
 
 config_args=()
 label_args=()
@@ -83,9 +92,10 @@ while (($#)); do
         -h|--help) usage; exit 0 ;;
         --config) (($# >= 2)) || usage_error "--config needs a PATH"; config_args=(--config "$2"); shift 2 ;;
         --config=*) config_args=(--config "${1#*=}"); shift ;;
-        --label) (($# >= 2)) || usage_error "--label needs a LABEL"; label_args+=(--label "$2"); shift 2 ;;
-        --label=*) label_args+=(--label "${1#*=}"); shift ;;
-        --cell) (($# >= 2)) || usage_error "--cell needs a LABEL"; CELL=$2; label_args=(--label "$2" --no-switches); shift 2 ;;
+        # (--label=VALUE: a label beginning with "-" is a value, refused as an unknown label)
+        --label) (($# >= 2)) || usage_error "--label needs a LABEL"; label_args+=("--label=$2"); shift 2 ;;
+        --label=*) label_args+=("--label=${1#*=}"); shift ;;
+        --cell) (($# >= 2)) || usage_error "--cell needs a LABEL"; CELL=$2; label_args=("--label=$2" --no-switches); shift 2 ;;
         *) usage_error "unknown argument: $1" ;;
     esac
 done
@@ -112,15 +122,49 @@ if [[ -n "$CELL" ]]; then
 fi
 GATE_LABEL=${GATE_LABELS[0]:-}
 JOB="${JOB_NAME:-unknown job} #${BUILD_NUMBER:-?}"
+JOB=${JOB//[[:cntrl:]]/?}     # printed, and written into local.conf: always one line
+
+# check_change_var VARIABLE KIND: a value from Gerrit or Zuul is data for git, never an
+# option or a second line.  Checked before any git command; a bad one is one line, exit 2.
+check_change_var() {
+    local name=$1 value=${!1-} what
+    [[ -n "$value" ]] || return 0
+    case "$2" in
+        ref) what="a git ref such as refs/changes/01/1001/1"
+             [[ $value =~ ^refs/[A-Za-z0-9_.+/-]+$ ]] && git check-ref-format "$value" \
+                 && return 0 ;;
+        branch) what="a git branch name such as master or stable/icehouse"
+             [[ $value =~ ^[A-Za-z0-9_][A-Za-z0-9_.+/-]*$ ]] \
+                 && git check-ref-format "refs/heads/$value" && return 0 ;;
+        project) what="a project path such as openstack/nova"
+             [[ $value =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$ ]] \
+                 && return 0 ;;
+        url) what="a git URL or directory on one line, not beginning with \"-\""
+             [[ $value != -* && ! $value =~ [[:cntrl:]] ]] && return 0 ;;
+        id) what="a change or patchset number"
+             [[ $value =~ ^[A-Za-z0-9]+$ ]] && return 0 ;;
+    esac
+    local q
+    printf -v q '%q' "$value"
+    usage_error "\$$name: $q is not usable: expected $what"
+}
 
 # The change under test: Zuul's variables, else Gerrit Trigger's.
 CHANGE_PROJECT="" CHANGE_BRANCH="" CHANGE_REF="" CHANGE_URL="" CHANGE_ID=""
 if [[ -n "${ZUUL_PROJECT:-}" ]]; then
+    for var in ZUUL_PROJECT:project ZUUL_BRANCH:branch ZUUL_REF:ref ZUUL_URL:url \
+               ZUUL_CHANGE:id ZUUL_PATCHSET:id; do
+        check_change_var "${var%%:*}" "${var#*:}"
+    done
     CHANGE_PROJECT=$ZUUL_PROJECT CHANGE_BRANCH=${ZUUL_BRANCH:-} CHANGE_REF=${ZUUL_REF:-}
     CHANGE_URL=${ZUUL_URL:-$GATE_GIT_BASE}
     CHANGE_ID=${ZUUL_CHANGE:-}${ZUUL_PATCHSET:+,$ZUUL_PATCHSET}
     [[ -n "$CHANGE_REF" ]] || usage_error "ZUUL_PROJECT is set but ZUUL_REF is empty"
 elif [[ -n "${GERRIT_PROJECT:-}" ]]; then
+    for var in GERRIT_PROJECT:project GERRIT_BRANCH:branch GERRIT_REFSPEC:ref \
+               DEVSTACK_GATE_GERRIT_URL:url GERRIT_CHANGE_NUMBER:id GERRIT_PATCHSET_NUMBER:id; do
+        check_change_var "${var%%:*}" "${var#*:}"
+    done
     CHANGE_PROJECT=$GERRIT_PROJECT CHANGE_BRANCH=${GERRIT_BRANCH:-} CHANGE_REF=${GERRIT_REFSPEC:-}
     CHANGE_URL=${DEVSTACK_GATE_GERRIT_URL:-$GATE_GIT_BASE}
     CHANGE_ID=${GERRIT_CHANGE_NUMBER:-}${GERRIT_PATCHSET_NUMBER:+,$GERRIT_PATCHSET_NUMBER}
@@ -211,13 +255,13 @@ prepare_project() {  # prepare_project PROJECT
     url=$GATE_GIT_BASE/$project
     if [[ -d "$dir/.git" ]]; then
         say "$project: git remote set-url origin $url"
-        git -C "$dir" remote set-url origin "$url"
+        git -C "$dir" remote set-url -- origin "$url"
         say "$project: git fetch --prune origin"
-        retry "$project: git fetch origin" "" git -C "$dir" fetch -q --prune origin \
+        retry "$project: git fetch origin" "" git -C "$dir" fetch -q --prune -- origin \
             || fail_early "$project: cannot fetch from $url; no node was fetched"
     else
         say "$project: git clone $url"
-        retry "$project: git clone $url" "$dir" git clone -q --no-checkout "$url" "$dir" \
+        retry "$project: git clone $url" "$dir" git clone -q --no-checkout -- "$url" "$dir" \
             || fail_early "$project: cannot clone $url; no node was fetched"
     fi
     branch=${CHANGE_BRANCH:-$GATE_BRANCH}
@@ -229,12 +273,12 @@ prepare_project() {  # prepare_project PROJECT
             || fail_early "$project: branch $branch is not in $url; no node was fetched"
     fi
     say "$project: git checkout -B $branch origin/$branch && git clean -fdx"
-    git -C "$dir" checkout -q -f -B "$branch" "origin/$branch"
+    git -C "$dir" checkout -q -f -B "$branch" "origin/$branch" --
     git -C "$dir" clean -q -fdx
     if [[ "$project" == "$CHANGE_PROJECT" ]]; then
         say "$project: git fetch $CHANGE_URL/$project $CHANGE_REF"
         retry "$project: git fetch $CHANGE_REF" "" \
-            git -C "$dir" fetch -q "$CHANGE_URL/$project" "$CHANGE_REF" \
+            git -C "$dir" fetch -q -- "$CHANGE_URL/$project" "$CHANGE_REF" \
             || fail_early "$project: cannot fetch change $CHANGE_REF from $CHANGE_URL/$project; no node was fetched"
         say "$project: git merge FETCH_HEAD ($(git -C "$dir" log -1 --format='%h %s' FETCH_HEAD))"
         if ! git -C "$dir" -c user.name=devstack-gate -c user.email=devstack-gate@localhost \
@@ -267,7 +311,7 @@ fetch_node() {
     say "fetching a node of label $GATE_LABEL (waiting up to $GATE_FETCH_WAIT s)"
     local rc=0
     run "$PYTHON" "$here/devstack-vm-fetch.py" --config "$GATE_CONFIG" --wait "$GATE_FETCH_WAIT" \
-        "$GATE_LABEL" >"$TMP/node.sh" || rc=$?
+        -- "$GATE_LABEL" >"$TMP/node.sh" || rc=$?
     if ((rc != 0)); then
         say "error: no node of label $GATE_LABEL for $JOB (devstack-vm-fetch exit $rc)"
         exit $((rc == 2 ? 2 : 1))
@@ -275,6 +319,7 @@ fetch_node() {
     # shellcheck source=/dev/null
     source "$TMP/node.sh"
     cat "$TMP/node.sh"
+    check_node
     TARGET=$NODE_USERNAME@$NODE_IP
     local host=$NODE_IP
     ((NODE_SSH_PORT == 22)) || host="[$NODE_IP]:$NODE_SSH_PORT"
@@ -295,13 +340,26 @@ fetch_node() {
     say "node $NODE_NAME ($NODE_PROVIDER, label $NODE_IMAGE) at $NODE_IP:$NODE_SSH_PORT is ours for $JOB"
 }
 
+check_node() {  # the node's values from the database reach ssh, rsync and known_hosts
+    local bad=""
+    [[ $NODE_SSH_PORT =~ ^[1-9][0-9]*$ ]] || bad="NODE_SSH_PORT"
+    [[ $NODE_IP =~ ^[A-Za-z0-9:._-]+$ && $NODE_IP != -* ]] || bad+=" NODE_IP"
+    [[ $NODE_USERNAME =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || bad+=" NODE_USERNAME"
+    [[ ! $NODE_HOST_KEY =~ [[:cntrl:]] ]] || bad+=" NODE_HOST_KEY"
+    NODE_NAME=${NODE_NAME//[[:cntrl:]]/?}
+    if [[ -n "$bad" ]]; then
+        [[ -n "$NODE_ID" ]] || fail_early "devstack-vm-fetch gave no node id"
+        node_error "node $NODE_NAME ($NODE_PROVIDER): unusable ${bad# } in the database; refusing to use it" "unusable${bad}"
+    fi
+}
+
 # -- 3. to the node -----------------------------------------------------------------
 check_host_key() {
     [[ -n "$NODE_HOST_KEY" ]] || node_error "no SSH host key recorded for node $NODE_NAME ($NODE_PROVIDER); refusing to use it" "no host key recorded"
     local attempt rc
     for attempt in 1 2 3; do
         rc=0
-        run timeout --kill-after=10 60 "$TMP/ssh" "$TARGET" true >"$TMP/ssh-check.txt" 2>&1 || rc=$?
+        run timeout --kill-after=10 60 "$TMP/ssh" -- "$TARGET" true >"$TMP/ssh-check.txt" 2>&1 || rc=$?
         cat "$TMP/ssh-check.txt"
         ((rc != 0)) || return 0
         if grep -q -e 'Host key verification failed' -e 'IDENTIFICATION HAS CHANGED' \
@@ -350,7 +408,7 @@ copy_to_node() {
     say "copying $SRC/ to node $NODE_NAME:workspace/ (rsync, up to $GATE_RSYNC_TIMEOUT s)"
     local rc=0
     run timeout --kill-after=10 "$GATE_RSYNC_TIMEOUT" \
-        rsync -a --delete -e "'$TMP/ssh'" "$SRC/" "$TARGET:workspace/" || rc=$?
+        rsync -a --delete -e "'$TMP/ssh'" -- "$SRC/" "$TARGET:workspace/" || rc=$?
     ((rc == 0)) || node_error "copying the workspace to node $NODE_NAME ($NODE_PROVIDER) failed (rsync exit $rc)" "workspace copy failed"
 }
 
@@ -361,7 +419,7 @@ run_test() {
     local remote rc=0 started=$SECONDS
     remote="mkdir -p ~/workspace/logs && cd ~/workspace && DEVSTACK_GATE_LABEL=$(sq "$GATE_LABEL") exec timeout --kill-after=30 $GATE_TEST_TIMEOUT bash -c $(sq "$GATE_TEST_COMMAND")"
     say "running on node $NODE_NAME ($NODE_PROVIDER), in ~/workspace, for up to $GATE_TEST_TIMEOUT s: $GATE_TEST_COMMAND"
-    run timeout --kill-after=30 "$GATE_TEST_SAFETY_TIMEOUT" "$TMP/ssh" "$TARGET" "$remote" || rc=$?
+    run timeout --kill-after=30 "$GATE_TEST_SAFETY_TIMEOUT" "$TMP/ssh" -- "$TARGET" "$remote" || rc=$?
     case "$rc" in
         0) RESULT=success ;;
         124|137) RESULT=timeout ;;
@@ -380,7 +438,7 @@ collect_logs() {  # collect_logs TIMEOUT: ~/workspace/logs of the node -> $LOGS/
     # (the remote mkdir: a run that never got as far as the test has no logs there)
     run timeout --kill-after=10 "$1" rsync -a -e "'$TMP/ssh'" \
         --rsync-path='mkdir -p workspace/logs && rsync' \
-        "$TARGET:workspace/logs/" "$LOGS/node/" || rc=$?
+        -- "$TARGET:workspace/logs/" "$LOGS/node/" || rc=$?
     ((rc == 0)) || say "copying logs from node $NODE_NAME failed (rsync exit $rc); continuing"
 }
 

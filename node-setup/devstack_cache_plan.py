@@ -551,6 +551,8 @@ def parse_project(spec, base_dir='.', where='--project'):
         raise PlanError('%s: expected SOURCE, NAME=SOURCE or NAME SOURCE, got %r' % (where, spec))
     if len(source.split()) != 1:
         raise PlanError('%s: expected SOURCE, NAME=SOURCE or NAME SOURCE, got %r' % (where, spec))
+    if source.startswith('-'):      # git clone would take it as an option (--upload-pack=...)
+        raise PlanError('%s: the source %r must not begin with "-"' % (where, source))
     if not PROJECT_NAME_RE.match(name) or '..' in name.split('/'):
         raise PlanError('%s: %r is not a usable project name' % (where, name))
     if not is_url(source):

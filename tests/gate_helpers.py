@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 
-from tests.pool import Pool, cloud_config, make_base_dir, provider
+import yaml
+
+from tests.pool import ROOT, Pool, cloud_config, make_base_dir, provider
 
 GIT_ENV = {
     'GIT_AUTHOR_NAME': 'Test Author', 'GIT_AUTHOR_EMAIL': 'author@example.org',
@@ -186,3 +188,30 @@ class GateRun:
 
     def log(self, name):
         return (self.workspace / 'logs' / name).read_text()
+
+
+def write_config(tmp_path, db_url, gerrit_base, **gate_settings):
+    """A configuration whose cloud is never called (these runs never get as far as a node)."""
+    settings = {'git-base': gerrit_base, 'projects': ['openstack/devstack', 'openstack/nova'],
+                'git-timeout': 20, 'git-retries': 2, 'fetch-wait': 0}
+    settings.update(gate_settings)
+    data = {'database': db_url, 'gate': settings, 'ssh-private-key': str(tmp_path / 'id_rsa'),
+            'providers': [{'name': 'rax', 'cloud': 'unused', 'images': [
+                {'name': 'precise', 'base-image': 'Ubuntu'},
+                {'name': 'oneiric', 'base-image': 'Ubuntu'}]}]}
+    path = tmp_path / 'devstack-gate.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+class ConfigOnly:
+    """Just enough of a Pool for GateRun."""
+
+    def __init__(self, config_path):
+        self.config_path = config_path
+
+    def env(self, **extra):
+        return dict(os.environ, DEVSTACK_GATE_CONFIG=self.config_path, **extra)
+
+    def command(self, script, *args):
+        return [os.path.join(ROOT, script)] + list(args)

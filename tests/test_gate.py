@@ -23,8 +23,8 @@ from devstackgate import cloud
 from devstackgate import config as configmod
 from devstackgate import gate
 from localcloud.testing import local_clouds
-from tests.gate_helpers import (GateRun, change_env, gate_pool, gerrit_with_changes,
-                                local_cloud_config)
+from tests.gate_helpers import (ConfigOnly, GateRun, change_env, gate_pool, gerrit_with_changes,
+                                local_cloud_config, write_config)
 from tests.pool import ROOT, Pool, provider
 
 SCRIPT = os.path.join(ROOT, 'devstack-vm-gate.sh')
@@ -256,33 +256,6 @@ def _processes_in(root):
 
 
 # -- before any node is fetched ---------------------------------------------------------
-
-def write_config(tmp_path, db_url, gerrit_base, **gate_settings):
-    """A configuration whose cloud is never called (these runs never get as far as a node)."""
-    settings = {'git-base': gerrit_base, 'projects': ['openstack/devstack', 'openstack/nova'],
-                'git-timeout': 20, 'git-retries': 2, 'fetch-wait': 0}
-    settings.update(gate_settings)
-    data = {'database': db_url, 'gate': settings, 'ssh-private-key': str(tmp_path / 'id_rsa'),
-            'providers': [{'name': 'rax', 'cloud': 'unused', 'images': [
-                {'name': 'precise', 'base-image': 'Ubuntu'},
-                {'name': 'oneiric', 'base-image': 'Ubuntu'}]}]}
-    path = tmp_path / 'devstack-gate.yaml'
-    path.write_text(yaml.safe_dump(data))
-    return str(path)
-
-
-class ConfigOnly:
-    """Just enough of a Pool for GateRun."""
-
-    def __init__(self, config_path):
-        self.config_path = config_path
-
-    def env(self, **extra):
-        return dict(os.environ, DEVSTACK_GATE_CONFIG=self.config_path, **extra)
-
-    def command(self, script, *args):
-        return [os.path.join(ROOT, script)] + list(args)
-
 
 def test_conflicting_change_fails_before_any_node_is_fetched(tmp_path, gerrit, db_url):
     config = write_config(tmp_path, db_url, gerrit.base)
