@@ -313,7 +313,8 @@ fetch_node() {
     run "$PYTHON" "$here/devstack-vm-fetch.py" --config "$GATE_CONFIG" --wait "$GATE_FETCH_WAIT" \
         -- "$GATE_LABEL" >"$TMP/node.sh" || rc=$?
     if ((rc != 0)); then
-        say "error: no node of label $GATE_LABEL for $JOB (devstack-vm-fetch exit $rc)"
+        # fetch's own line above says why (no node in time, the database, the config)
+        say "error: devstack-vm-fetch gave no node of label $GATE_LABEL for $JOB (exit $rc)"
         exit $((rc == 2 ? 2 : 1))
     fi
     # shellcheck source=/dev/null

@@ -42,6 +42,16 @@ scratch=""
 
 say() { printf '%s devstack-vm-update-image.sh: %s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "$*" >&2; }
 
+# The operator's values reach git as data, never as options: checked first, then passed after --.
+if [[ $DEVSTACK_BRANCH == -* ]] || ! git check-ref-format "refs/heads/$DEVSTACK_BRANCH"; then
+    say "error: \$DEVSTACK_GATE_DEVSTACK_BRANCH: $(printf '%q' "$DEVSTACK_BRANCH") is not a git branch name"
+    exit 2
+fi
+if [[ $DEVSTACK_REPO == -* || $DEVSTACK_REPO == *[[:cntrl:]]* || -z $DEVSTACK_REPO ]]; then
+    say "error: \$DEVSTACK_GATE_DEVSTACK_REPO: $(printf '%q' "$DEVSTACK_REPO") is not a URL or directory"
+    exit 2
+fi
+
 cleanup() {
     if [[ -n "$scratch" ]]; then
         rm -rf "$scratch"
@@ -57,7 +67,7 @@ retry_configure "$GIT_TIMEOUT" "$GIT_RETRIES" "$GIT_BACKOFF" || exit 2
 fresh_clone() {
     scratch=$(mktemp -d "$(dirname "$DEVSTACK_DIR")/.devstack-clone.XXXXXX")
     retry "git clone $DEVSTACK_REPO" "$scratch/devstack" \
-        git clone --quiet --branch "$DEVSTACK_BRANCH" "$DEVSTACK_REPO" "$scratch/devstack"
+        git clone --quiet --branch "$DEVSTACK_BRANCH" -- "$DEVSTACK_REPO" "$scratch/devstack"
     rm -rf "$DEVSTACK_DIR"
     mv "$scratch/devstack" "$DEVSTACK_DIR"
 }

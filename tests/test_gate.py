@@ -268,7 +268,7 @@ def test_conflicting_change_fails_before_any_node_is_fetched(tmp_path, gerrit, d
     assert 'no change under test' in out.splitlines()[0]
     assert "no ready node of label 'oneiric'" in out
     assert out.rstrip().splitlines()[-1].endswith(
-        'error: no node of label oneiric for %s #42 (devstack-vm-fetch exit 1)' % JOB)
+        'error: devstack-vm-fetch gave no node of label oneiric for %s #42 (exit 1)' % JOB)
     # Second run in the same workspace: the clones are updated, the change conflicts.
     run = GateRun(pool, tmp_path / 'jenkins', **change_env(gerrit.changes['conflict']))
     code, out = run.run()

@@ -451,3 +451,22 @@ def test_a_hostile_key_is_named_on_one_line(tmp_path):
     assert lines[0].startswith("%s: 'hold-hours\\n--x': unknown key; valid keys are: " % path)
     assert lines[1] == ("%s: disabled-labels.'a\\nb': no provider offers this label; labels: "
                         "precise" % path)
+
+
+@pytest.mark.parametrize('var', ['DEVSTACK_GATE_DEVSTACK_BRANCH', 'DEVSTACK_GATE_DEVSTACK_REPO'])
+def test_update_image_sh_refuses_an_option_for_a_branch_or_repo(tmp_path, var):
+    pwned = tmp_path / 'pwned'
+    env = dict(os.environ, HOME=str(tmp_path), **{var: '--upload-pack=touch %s' % pwned})
+    proc = subprocess.run([os.path.join(ROOT, 'devstack-vm-update-image.sh'), 'rax'], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert '$%s:' % var in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not pwned.exists()
+
+
+def test_build_keypair_names_are_valid_nova_names_and_found_again_by_the_reaper():
+    from devstackgate import image
+    name = image.build_keypair_name('dg', '12.04', 'rax.dfw', 7)
+    assert name == 'dg-build-12-04-rax-dfw-7'
+    assert image.build_keypair_row('dg', 'rax.dfw', name) == 7
+    assert image.build_keypair_row('dg', 'rax', name) is None
