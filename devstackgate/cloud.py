@@ -9,8 +9,9 @@ stage compares a cloud's own status strings:
 - :class:`Image` states: ``pending``, ``active``, ``failed``, ``gone``.
 
 Errors classify themselves (``reason``: quota, not-found, outage, api,
-no-flavor), so callers record and count them without isinstance chains.  The
-metadata every server and image we create carries is built here
+bad-answer, api-timeout, no-flavor), so callers record and count them without
+isinstance chains.  The metadata every server and image we create carries is
+built here
 (:func:`tags`), and so are the selection rules (:func:`smallest_flavor`,
 :func:`newest_image`).
 
@@ -21,6 +22,7 @@ the methods marked "driver" below and :meth:`Adapter.classify`; the retries,
 the rate limit and the conveniences are shared.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -79,6 +81,18 @@ class CloudUnavailable(CloudError):
 
 class NoFlavor(CloudError):
     reason = 'no-flavor'
+
+
+class BadAnswer(CloudError):
+    """The cloud answered, but not what the call expects: not JSON, the wrong
+    shape, a server without an id, a list whose pages do not advance.  Never
+    retried: the cloud is broken or something in front of it is."""
+    reason = 'bad-answer'
+
+
+class CallTimeout(CloudError):
+    """One logical call (all its pages and retries) ran past api-timeout."""
+    reason = 'api-timeout'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +181,7 @@ class Adapter:
         self._sleep = sleep
         self._clock = clock
         self._limiter = RateLimiter(provider.api_rate, clock=clock, sleep=sleep)
+        self._local = threading.local()     # this thread's logical call
         self._flavors = None
 
     # -- driver: servers --------------------------------------------------
@@ -231,17 +246,60 @@ class Adapter:
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------
+    @contextlib.contextmanager
+    def logical_call(self, what):
+        """One logical call, however many API calls it takes (the pages of a
+        list): api-timeout bounds them all, retries included.  Calls made in
+        it (call(), nested logical calls, the driver's own requests through
+        remaining()) share its deadline; only its first call waits for
+        api-rate, as one call would."""
+        state = self._local
+        if getattr(state, 'deadline', None) is not None:
+            yield state.deadline                # nested: the outer call's deadline
+            return
+        state.deadline = self._clock() + self.provider.api_timeout
+        state.what, state.calls = what, 0
+        try:
+            yield state.deadline
+        finally:
+            state.deadline = None
+
+    def remaining(self):
+        """Seconds left of the current logical call (None outside one); raises
+        CallTimeout once it has run out, so no request starts past it."""
+        deadline = getattr(self._local, 'deadline', None)
+        if deadline is None:
+            return None
+        left = deadline - self._clock()
+        if left <= 0:
+            raise self.call_timeout()
+        return left
+
+    def call_timeout(self):
+        """The CallTimeout of the current logical call."""
+        return CallTimeout('provider %s: %s: no complete answer within api-timeout (%g s)'
+                           % (self.name, getattr(self._local, 'what', 'call'),
+                              self.provider.api_timeout))
+
     def call(self, what, fn, *args, **kwargs):
         """Run one API call: start it no sooner than api-rate allows, retry what
         classify() says may be retried with backoff and jitter, within
-        api-retries attempts and the api-timeout deadline."""
+        api-retries attempts and the api-timeout deadline (of the logical call
+        it is part of)."""
+        with self.logical_call(what) as deadline:
+            return self._attempts(what, deadline, fn, args, kwargs)
+
+    def _attempts(self, what, deadline, fn, args, kwargs):
         p = self.provider
         stats = metrics.get()
-        deadline = self._clock() + p.api_timeout
+        state = self._local
         attempt = 0
         while True:
             attempt += 1
-            self._limiter.wait()
+            if attempt > 1 or state.calls == 0:
+                self._limiter.wait()
+            state.calls += 1
+            self.remaining()
             stats.incr(metrics.key('api', self.name, metrics.api_operation(what)))
             try:
                 return fn(*args, **kwargs)
@@ -256,6 +314,30 @@ class Adapter:
             log.info('%s: %s failed (%s); retry %d in %.1f s',
                      self.name, what, error.reason, attempt, delay)
             self._sleep(delay)
+
+    def paged(self, what, page, key=lambda item: item.id):
+        """One logical list call made of pages: page(marker) gives the items
+        after `marker` (None: the first page), each page through its own
+        call() (with its retries), until an empty page.  api-timeout bounds
+        all the pages; a page ending on a marker already used (a cloud whose
+        paging does not advance) is a BadAnswer.  An item listed twice is
+        kept once."""
+        with self.logical_call(what):
+            items, seen, markers, marker = [], set(), set(), None
+            while True:
+                batch = page(marker)
+                if not batch:
+                    return items
+                for item in batch:
+                    if key(item) not in seen:
+                        seen.add(key(item))
+                        items.append(item)
+                marker = key(batch[-1])
+                if marker in markers:
+                    raise BadAnswer('provider %s: %s: the cloud\'s pages do not advance '
+                                    '(marker %s repeated after %d pages)'
+                                    % (self.name, what, marker, len(markers) + 1))
+                markers.add(marker)
 
     def flavor_for(self, min_ram):
         """The smallest flavor with at least min_ram MB (flavors listed once per adapter)."""

@@ -3,10 +3,12 @@
 The API listener (127.0.0.1, one port) serves keystone under /identity, nova
 under /compute and glance under /image, the URLs the token's catalog lists.
 Every call is counted under "METHOD /path/{template}", then delayed by
-api-latency (and a DELETE also by delete-latency), then possibly answered with an injected 500 or 429, then
-handled.  Its span (wall-clock time it reached dispatch, before the latency,
-and time its answer was ready) is kept too, the newest ``span-history`` per
-key, so tests can tell parallel calls from sequential or rate-limited ones.
+api-latency (and a DELETE also by delete-latency), then possibly answered with
+an injected 500 or 429, then handled, and its answer garbled if the
+``nonsense`` knob says so (localcloud.nonsense).  Its span (wall-clock time it
+reached dispatch, before the latency, and time its answer was ready) is kept
+too, the newest ``span-history`` per key, so tests can tell parallel calls
+from sequential or rate-limited ones.
 An outage closes the listener (connection refused) and reopens it on the
 same port when it ends.
 
@@ -20,7 +22,8 @@ import threading
 import time
 import uuid
 
-from localcloud import glance, keystone, nova
+from localcloud import faults as faults_mod
+from localcloud import glance, keystone, nova, nonsense
 from localcloud.state import ApiError, CloudState
 from localcloud.web import (ListenError, Listener, NoRoute, Response,
                             generic_template)
@@ -193,6 +196,11 @@ class Cloud:
                 raise ApiError(404, "The resource could not be found.")
             else:
                 response = module.handle(self, request, handler)
+                kind = nonsense.ROUTES.get("%s %s" % (request.method, key))
+                garbled = kind and faults_mod.nonsense_for(
+                    self.state.faults, kind)   # replaced whole on a change
+                if garbled:
+                    response = nonsense.garble(response, garbled)
         except ApiError as e:
             response = module.render_error(self, request, e.status, e.message,
                                            e.headers)

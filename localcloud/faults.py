@@ -48,12 +48,32 @@ DEFAULTS = {
     "lying-delete-lists": 0,
     # lifetime of new tokens, seconds
     "token-ttl": 3600.0,
+    # answers that are not what the call expects: {call kind: nonsense},
+    # "all" for every kind not named (see NONSENSE_KINDS and NONSENSE)
+    "nonsense": {},
+    # list paging: "normal", "repeat-marker" (the server list ignores its
+    # marker, glance's next link repeats it) or "endless" (always one more
+    # page of made-up entries)
+    "paging": "normal",
 }
 
 RATES = ("boot-error-rate", "no-network-rate", "stuck-build-rate",
          "api-error-rate", "api-overlimit-rate", "snapshot-failure-rate")
 DELAYS = ("boot-delay", "api-latency", "delete-latency", "snapshot-delay")
 QUOTA_KEYS = ("instances", "cores", "ram")
+#: The calls whose answers "nonsense" can garble ("all": each one not named).
+NONSENSE_KINDS = ("all", "list-servers", "show-server", "create-server",
+                  "server-action", "list-flavors", "list-keypairs",
+                  "show-keypair", "create-keypair", "list-images",
+                  "show-image")
+#: What a garbled answer is: a JSON body cut in half; an HTML page with status
+#: 200; ``{}``; the (first) server/image/flavor/keypair without its id, or
+#: name; that entry a string instead of an object; a server whose addresses
+#: are null, or whose metadata is a list.  A change that does not apply to a
+#: call's answer (addresses of a flavor) leaves it as it is.
+NONSENSE = ("truncated-json", "html-200", "empty-object", "missing-id",
+            "missing-name", "string-item", "null-addresses", "bad-metadata")
+PAGING = ("normal", "repeat-marker", "endless")
 
 
 class FaultError(ValueError):
@@ -129,6 +149,36 @@ def _quota(value, current, where):
     return result
 
 
+def _nonsense(value, current, where):
+    """A mapping {kind: nonsense}; a kind mapped to null or "none" is turned
+    off, and null for the whole knob turns every kind off."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FaultError("%s: expected a mapping of call kinds (%s) to one of "
+                         "%s, got %r" % (where, ", ".join(NONSENSE_KINDS),
+                                         ", ".join(NONSENSE), value))
+    result = dict(current)
+    for kind, item in value.items():
+        if kind not in NONSENSE_KINDS:
+            raise FaultError("%s.%s: unknown call kind; valid kinds are %s"
+                             % (where, kind, ", ".join(NONSENSE_KINDS)))
+        if item is None or item == "none":
+            result.pop(kind, None)
+        elif item in NONSENSE:
+            result[kind] = item
+        else:
+            raise FaultError("%s.%s: expected one of %s (or none), got %r"
+                             % (where, kind, ", ".join(NONSENSE), item))
+    return result
+
+
+def nonsense_for(faults, kind):
+    """The nonsense the answer to a call of ``kind`` gets, or None."""
+    table = faults["nonsense"]
+    return table.get(kind, table.get("all"))
+
+
 def merge(current, update, where="faults"):
     """Return a new knob dict: ``current`` with ``update`` applied.
 
@@ -158,6 +208,13 @@ def merge(current, update, where="faults"):
             result[key] = value
         elif key in ("lying-delete-lists", "api-overlimit-retry-after"):
             result[key] = _count(value, path)
+        elif key == "nonsense":
+            result[key] = _nonsense(value, current[key], path)
+        elif key == "paging":
+            if value not in PAGING:
+                raise FaultError("%s: expected one of %s, got %r"
+                                 % (path, ", ".join(PAGING), value))
+            result[key] = value
         elif key == "token-ttl":
             ttl = _seconds(value, path)
             if ttl <= 0:

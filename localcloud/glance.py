@@ -12,6 +12,7 @@ whose top-level values are not objects, nor errors without a Content-Type.
 
 from urllib.parse import urlencode
 
+from localcloud import nonsense
 from localcloud.state import ApiError, iso
 from localcloud.web import Response, Router, json_response
 
@@ -200,7 +201,13 @@ def list_images(cloud, request):
     spec = _sort_spec(request)
     items = _sorted([(image_view(i), i) for i in cloud.state.list_images()],
                     spec)
+    paging = cloud.state.faults["paging"]
     marker = request.arg("marker")
+    if paging == "repeat-marker":
+        marker = None                   # ignored: every page is the first
+    phantom = nonsense.phantom_number(marker) if paging == "endless" else None
+    if phantom is not None:             # past the real images
+        items, marker = [], None
     if marker is not None:
         ids = [view["id"] for view, _ in items]
         if marker not in ids:
@@ -216,15 +223,34 @@ def list_images(cloud, request):
         selected.append(view)
         if len(selected) == limit:
             break
+    if paging == "endless":
+        first = (phantom or 0) + 1
+        selected += [_phantom_image(cloud, n) for n in
+                     range(first, first + limit - len(selected))]
     params = [(k, v) for k, values in request.query.items()
               if k != "marker" for v in values]
     query = urlencode(params)
     body = {"images": selected, "schema": "/v2/schemas/images",
             "first": "/v2/images" + ("?" + query if query else "")}
-    if selected and len(selected) == limit:
+    if selected and (len(selected) == limit or paging == "repeat-marker"):
         body["next"] = "/v2/images?" + urlencode(
             params + [("marker", selected[-1]["id"])])
     return json_response(200, body)
+
+
+def _phantom_image(cloud, number):
+    """A made-up image of ``paging: endless``."""
+    ident = nonsense.phantom_id(number)
+    return {"id": ident, "name": "phantom-%d" % number, "status": "active",
+            "visibility": "private", "protected": False, "os_hidden": False,
+            "owner": cloud.state.project_id, "size": 0, "virtual_size": None,
+            "checksum": None, "os_hash_algo": None, "os_hash_value": None,
+            "container_format": "bare", "disk_format": "raw", "min_disk": 0,
+            "min_ram": 0, "created_at": "2012-01-01T00:00:00Z",
+            "updated_at": "2012-01-01T00:00:00Z", "tags": [],
+            "self": "/v2/images/%s" % ident,
+            "file": "/v2/images/%s/file" % ident,
+            "schema": "/v2/schemas/image"}
 
 
 @router.route("GET", "/v2/images/{id}")

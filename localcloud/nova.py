@@ -13,6 +13,7 @@ import binascii
 import re
 from urllib.parse import urlencode
 
+from localcloud import nonsense
 from localcloud.state import ApiError, iso
 from localcloud.web import Response, Router, json_response
 
@@ -267,26 +268,53 @@ def server_view(cloud, request, s, show=False):
     return view
 
 
+def _phantom_server(cloud, number, detail):
+    """A made-up server of ``paging: endless``."""
+    ident = nonsense.phantom_id(number)
+    view = {"id": ident, "name": "phantom-%d" % number,
+            "links": links(cloud, "servers", ident)}
+    if detail:
+        view.update({"status": "ACTIVE", "metadata": {}, "addresses": {},
+                     "image": "", "created": "2012-01-01T00:00:00Z",
+                     "updated": "2012-01-01T00:00:00Z",
+                     "tenant_id": cloud.state.project_id,
+                     "user_id": cloud.state.user_id})
+    return view
+
+
 def _list_servers(cloud, request, detail):
     max_limit = cloud.config.max_page_size
     limit = int_arg(request, "limit")
     limit = max_limit if limit is None else min(limit, max_limit)
     statuses = [v.upper() for v in request.args("status") if v]
-    servers = cloud.state.list_servers(
-        name=request.arg("name") or None, statuses=statuses or None,
-        image=request.arg("image") or None,
-        flavor=request.arg("flavor") or None,
-        limit=limit, marker=request.arg("marker") or None)
-    if detail:
-        items = [server_view(cloud, request, s) for s in servers]
+    paging = cloud.state.faults["paging"]
+    marker = request.arg("marker") or None
+    if paging == "repeat-marker":
+        marker = None                   # ignored: every page is the first
+    phantom = nonsense.phantom_number(marker) if paging == "endless" else None
+    if phantom is not None:             # past the real servers
+        items = [_phantom_server(cloud, phantom + i, detail)
+                 for i in range(1, limit + 1)]
     else:
-        items = [{"id": s["id"], "name": s["name"],
-                  "links": links(cloud, "servers", s["id"])} for s in servers]
+        servers = cloud.state.list_servers(
+            name=request.arg("name") or None, statuses=statuses or None,
+            image=request.arg("image") or None,
+            flavor=request.arg("flavor") or None,
+            limit=limit, marker=marker)
+        if detail:
+            items = [server_view(cloud, request, s) for s in servers]
+        else:
+            items = [{"id": s["id"], "name": s["name"],
+                      "links": links(cloud, "servers", s["id"])}
+                     for s in servers]
+        if paging == "endless":
+            items += [_phantom_server(cloud, i, detail)
+                      for i in range(1, limit - len(items) + 1)]
     body = {"servers": items}
-    if servers and len(servers) == limit:
+    if items and len(items) == limit:
         params = [(k, v) for k, values in sorted(request.query.items())
                   if k not in ("limit", "marker") for v in values]
-        params += [("limit", str(limit)), ("marker", servers[-1]["id"])]
+        params += [("limit", str(limit)), ("marker", items[-1]["id"])]
         body["servers_links"] = [{"rel": "next", "href": "%s%s/v2.1/servers%s?%s"
                                   % (cloud.base_url, PREFIX,
                                      "/detail" if detail else "",

@@ -11,6 +11,7 @@ listener really makes a cloud unreachable.
 import json
 import logging
 import re
+import sys
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -159,6 +160,14 @@ class HTTPServer(ThreadingHTTPServer):
     def __init__(self, address, dispatch):
         self.dispatch = dispatch
         super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address):
+        """A client that hung up before its answer was written (it timed out) is
+        the client's business: a debug line, not a traceback on stderr."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            LOG.debug("%s hung up before its answer", client_address[0])
+            return
+        super().handle_error(request, client_address)
 
 
 class ListenError(OSError):

@@ -262,3 +262,111 @@ def test_admin_endpoint_faults_stats_servers(localcloud, nova, boot):
     assert _admin(localcloud.admin_url + "/clouds/nope/faults")[0] == 404
     status, revoked = _admin(base + "/revoke-tokens", "POST", {})
     assert status == 200 and revoked["revoked"] >= 1
+
+
+# -- nonsense and paging ---------------------------------------------------------
+
+
+def test_nonsense_and_paging_knobs_validate_and_merge():
+    from localcloud import faults
+    assert faults.validate({})["nonsense"] == {}
+    assert faults.validate({})["paging"] == "normal"
+    knobs = faults.validate({"nonsense": {"all": "html-200",
+                                          "list-images": "missing-id"}})
+    assert faults.nonsense_for(knobs, "list-images") == "missing-id"
+    assert faults.nonsense_for(knobs, "show-server") == "html-200"
+    knobs = faults.merge(knobs, {"nonsense": {"all": None}})
+    assert knobs["nonsense"] == {"list-images": "missing-id"}
+    assert faults.nonsense_for(knobs, "show-server") is None
+    assert faults.merge(knobs, {"nonsense": None})["nonsense"] == {}
+    for bad, message in [
+            ({"nonsense": "html-200"}, "faults.nonsense: expected a mapping of call kinds"),
+            ({"nonsense": {"list-everything": "html-200"}},
+             "faults.nonsense.list-everything: unknown call kind; valid kinds are all, "),
+            ({"nonsense": {"all": "gibberish"}},
+             "faults.nonsense.all: expected one of truncated-json, html-200, "),
+            ({"paging": "sideways"},
+             "faults.paging: expected one of normal, repeat-marker, endless, got 'sideways'")]:
+        with pytest.raises(faults.FaultError) as e:
+            faults.validate(bad)
+        assert str(e.value).startswith(message), str(e.value)
+
+
+def test_nonsense_garbles_the_answers_it_names(cloud, boot):
+    boot("first")
+    session = cloud.session()
+    base = cloud.info()["auth_url"].rsplit("/identity", 1)[0]
+    servers = base + "/compute/v2.1/servers/detail"
+    images = base + "/image/v2/images"
+
+    def get(url):
+        return session.get(url, raise_exc=False)
+    assert get(servers).json()["servers"][0]["id"]
+    cloud.set_faults({"nonsense": {"list-servers": "truncated-json"}})
+    answer = get(servers)
+    assert answer.status_code == 200
+    with pytest.raises(ValueError):
+        answer.json()
+    assert get(images).json()["images"], "only the kind named is garbled"
+    cloud.set_faults({"nonsense": {"list-servers": "html-200"}})
+    answer = get(servers)
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/html")
+    assert answer.text.startswith("<!DOCTYPE html>")
+    expectations = {
+        "empty-object": lambda body: body == {},
+        "missing-id": lambda body: "id" not in body["servers"][0],
+        "missing-name": lambda body: "name" not in body["servers"][0],
+        "string-item": lambda body: isinstance(body["servers"][0], str),
+        "null-addresses": lambda body: body["servers"][0]["addresses"] is None,
+        "bad-metadata": lambda body: isinstance(body["servers"][0]["metadata"], list),
+    }
+    cloud.set_faults({"nonsense": {"list-servers": None}})   # merged: "all" is left
+    for nonsense, check in expectations.items():
+        cloud.set_faults({"nonsense": {"all": nonsense}})
+        assert check(get(servers).json()), nonsense
+    cloud.set_faults({"nonsense": {"all": "missing-id"}})
+    assert "id" not in get(images).json()["images"][0]
+    cloud.set_faults({"nonsense": {"all": "string-item"}})
+    (image_id,) = [i["id"] for i in cloud.images()]
+    assert get(images + "/" + image_id).json() == "image"
+    # Errors, deletes and keystone are never garbled.
+    cloud.set_faults({"nonsense": {"all": "html-200"}})
+    assert get(servers + "/../nonexistent").status_code == 404
+    assert cloud.session().get(servers, raise_exc=False).status_code == 200   # auth works
+    cloud.set_faults({"nonsense": None})
+    assert get(servers).json()["servers"][0]["id"]
+
+
+def test_paging_repeat_marker_and_endless(make_clouds, cloud_config):
+    lc = make_clouds({"clouds": [cloud_config(**{"max-page-size": 2})]})
+    cloud = lc["local"]
+    nova = cloud.nova("2.1")
+    (image,) = [i["id"] for i in cloud.images()]
+    for i in range(3):
+        nova.servers.create("s%d" % i, image, "1")
+    session = cloud.session()
+    base = cloud.info()["auth_url"].rsplit("/identity", 1)[0]
+    servers = base + "/compute/v2.1/servers/detail"
+    first = session.get(servers).json()
+    marker = first["servers"][-1]["id"]
+    assert "marker=%s" % marker in first["servers_links"][0]["href"]
+    second = session.get(servers + "?marker=" + marker).json()
+    assert len(second["servers"]) == 1 and "servers_links" not in second
+    cloud.set_faults({"paging": "repeat-marker"})
+    again = session.get(servers + "?marker=" + marker).json()
+    assert again["servers"] == first["servers"]          # the marker is ignored
+    assert "marker=%s" % marker in again["servers_links"][0]["href"]
+    images = session.get(base + "/image/v2/images?marker=" + image).json()
+    assert [i["id"] for i in images["images"]] == [image]
+    assert images["next"].endswith("marker=" + image)    # glance's next repeats it
+    cloud.set_faults({"paging": "endless"})
+    seen, marker = set(), None
+    for _ in range(4):
+        page = session.get(servers + ("?marker=" + marker if marker else "")).json()
+        assert len(page["servers"]) == 2 and page["servers_links"]
+        marker = page["servers"][-1]["id"]
+        assert marker not in seen
+        seen.add(marker)
+    page = session.get(base + "/image/v2/images?limit=2").json()
+    assert len(page["images"]) == 2 and "next" in page
