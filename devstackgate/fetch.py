@@ -1,24 +1,23 @@
 """Fetch: hand the oldest ready node of a label to one gate job, in milliseconds.
 
 This path reads the configuration and the database, nothing else: it imports
-no cloud client and makes no cloud call.
+no cloud client and makes no cloud call.  A fetch that gets its node at once
+imports only what it uses (see devstackgate.cmd.fetch): waiting, metrics and
+logging are imported when they are needed.
 """
 
-import logging
 import os
-import shlex
 import sys
 import time
 
-import vmdatabase
-from devstackgate import metrics, wait
+from devstackgate import log as logmod
 from devstackgate.errors import NoNodeAvailable, UsageError
-
-log = logging.getLogger('fetch')
 
 # Jenkins and Gerrit/Zuul variables recorded with the gate result, in order of preference.
 _CHANGE_VARS = (('ZUUL_CHANGE', 'ZUUL_PATCHSET'), ('GERRIT_CHANGE_NUMBER', 'GERRIT_PATCHSET_NUMBER'))
 _REF_VARS = ('ZUUL_REF', 'GERRIT_REFSPEC')
+# shlex.quote's safe characters (its [^\w@%+=:,./-] with re.ASCII), without importing re.
+_SAFE = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-')
 
 
 def job_identity(environ):
@@ -40,6 +39,15 @@ def job_identity(environ):
     return claimed_by, {'job_name': job, 'build_number': build, 'change_ref': change}
 
 
+def quote(s):
+    """shlex.quote(s), the same characters out (tests check it), without re."""
+    if not s:
+        return "''"
+    if all(c in _SAFE for c in s):
+        return s
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
 def shell_lines(node, ssh_port, result):
     """NODE_*=value lines, each value quoted so that `eval` gives it back exactly."""
     values = [
@@ -48,12 +56,25 @@ def shell_lines(node, ssh_port, result):
         ('NODE_HOST_KEY', node.host_key), ('NODE_SSH_PORT', ssh_port),
         ('NODE_RESULT_ID', result.id if result else ''),
     ]
-    return ['%s=%s' % (k, shlex.quote('' if v is None else str(v))) for k, v in values]
+    return ['%s=%s' % (k, quote('' if v is None else str(v))) for k, v in values]
+
+
+def _metrics():
+    """The statsd client, or None without STATSD_HOST (metrics.get's rule), when
+    metrics is not even imported."""
+    if not os.environ.get('STATSD_HOST', '').strip():
+        return None, None
+    from devstackgate import metrics
+    return metrics, metrics.get()
 
 
 def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
           clock=time.monotonic, sleep=time.sleep):
-    """Claim a node; returns (node, result).  Raises UsageError or NoNodeAvailable."""
+    """Claim a node; returns (node, result).  Raises UsageError or NoNodeAvailable.
+
+    `config` is a config.Config or a config_cache.FetchConfig; `db` a
+    claim.FastDatabase (the default) or a vmdatabase.Database.
+    """
     environ = os.environ if environ is None else environ
     labels = config.labels()
     if label not in labels:
@@ -64,23 +85,36 @@ def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
         if unknown:
             raise UsageError('provider(s) %s do not offer label %r; providers offering it: %s'
                              % (', '.join(unknown), label, ', '.join(offering)))
-    db = db or vmdatabase.Database.from_config(config)
+    if db is None:
+        from devstackgate.claim import FastDatabase
+        db = FastDatabase(config)
     claimed_by, result = job_identity(environ)
-    stats = metrics.get()
+    metrics, stats = _metrics()
     started = clock()
-    try:
-        for _ in wait.iterate(started + wait_for, config.fetch_poll, 'a ready %s node' % label,
-                              clock=clock, sleep=sleep):
-            node, row = db.claim_node(label, claimed_by, providers=providers, result=result)
-            if node is not None:
-                stats.timing(metrics.key('fetch', label, 'wait'), (clock() - started) * 1000)
-                stats.incr(metrics.key('fetch', label, 'got'))
-                return node, row
-    except wait.Timeout:
-        pass
-    stats.timing(metrics.key('fetch', label, 'wait'), (clock() - started) * 1000)
-    stats.incr(metrics.key('fetch', label, 'none'))
-    counts = db.transact(lambda s: s.node_counts(label))
+    # The first attempt at once (as wait.iterate makes it); the wait's machinery
+    # (and its logging) only when there is something to wait for.
+    node, row = db.claim_node(label, claimed_by, providers=providers, result=result)
+    if node is None and not wait_for <= 0:
+        from devstackgate import wait
+        logmod.ensure_setup()       # its "waiting for" lines
+        attempts = wait.iterate(started + wait_for, config.fetch_poll,
+                                'a ready %s node' % label, clock=clock, sleep=sleep)
+        next(attempts)              # its first attempt was the one above
+        try:
+            for _ in attempts:
+                node, row = db.claim_node(label, claimed_by, providers=providers,
+                                          result=result)
+                if node is not None:
+                    break
+        except wait.Timeout:
+            pass
+    if stats is not None:
+        stats.timing(metrics.key('fetch', label, 'wait'), (clock() - started) * 1000)
+        stats.incr(metrics.key('fetch', label, 'got' if node is not None else 'none'))
+    if node is not None:
+        return node, row
+    counts = (db.node_counts(label) if hasattr(db, 'node_counts')
+              else db.transact(lambda s: s.node_counts(label)))
     by_provider = {}
     for (provider, state), n in sorted(counts.items()):
         by_provider.setdefault(provider, []).append('%s %d' % (state, n))
@@ -90,10 +124,11 @@ def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
                              detail))
 
 
-def print_node(config, node, result, out=sys.stdout):
+def print_node(config, node, result, out=None):
+    out = sys.stdout if out is None else out
     port = config.provider(node.provider).ssh_port
     for line in shell_lines(node, port, result):
         print(line, file=out)
     out.flush()
-    log.info('fetched %s (%s, label %s) at %s for %s',
-             node.name, node.provider, node.label, node.ip, node.claimed_by)
+    logmod.emit('fetch', 'fetched %s (%s, label %s) at %s for %s'
+                % (node.name, node.provider, node.label, node.ip, node.claimed_by))

@@ -20,6 +20,15 @@ MYSQL_ENV = 'DEVSTACK_GATE_TEST_MYSQL_URL'
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+# Fetch's cache of validated configurations goes to a directory of this run, never ~/.cache.
+if 'DEVSTACK_GATE_CACHE_DIR' not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+    _cache_root = tempfile.mkdtemp(prefix='devstack-gate-test-cache.')
+    atexit.register(shutil.rmtree, _cache_root, True)
+    os.environ['DEVSTACK_GATE_CACHE_DIR'] = os.path.join(_cache_root, 'cache')
+
 
 def mysql_server_url():
     url = os.environ.get(MYSQL_ENV)

@@ -43,6 +43,8 @@ def add_ready(db, provider='rax', label='precise', name='n', now=None, **fields)
 
 def fetch(config, *args, env=None):
     environ = dict(os.environ, **(env or {}))
+    # The config cache of these runs next to their config file, not in ~/.cache.
+    environ.setdefault('DEVSTACK_GATE_CACHE_DIR', os.path.join(os.path.dirname(config), 'cache'))
     for var in ('JOB_NAME', 'BUILD_NUMBER', 'ZUUL_CHANGE', 'GERRIT_CHANGE_NUMBER'):
         if env is None or var not in env:
             environ.pop(var, None)
@@ -58,6 +60,7 @@ def test_eval_round_trips_odd_values(tmp_path, sqlite_url):
               'printf "%s\\n" "$NODE_NAME" "$NODE_PROVIDER" "$NODE_IP" "$NODE_ID" "$NODE_IMAGE" '
               '"$NODE_USERNAME" "$NODE_HOST_KEY" "$NODE_SSH_PORT"')
     env = dict(os.environ, PYTHON=sys.executable, FETCH=FETCH, CONFIG=config,
+               DEVSTACK_GATE_CACHE_DIR=str(tmp_path / 'cache'),
                JOB_NAME='gate-nova', BUILD_NUMBER='42', GERRIT_CHANGE_NUMBER='1234',
                GERRIT_PATCHSET_NUMBER='3')
     proc = subprocess.run(['bash', '-c', script], capture_output=True, text=True, env=env,
