@@ -8,6 +8,9 @@
 #   ./dev.sh bench [--profile short|full] [--only NAME] [--json PATH]
 #                                    install what is missing, find or start MariaDB, run the
 #                                    benchmarks in bench/ and print their table (and JSON)
+#   ./dev.sh soak [--profile short|long] [--seed N] [--json PATH]
+#                                    install what is missing (a MariaDB server for the long
+#                                    profile, which runs its own), run the pool under faults
 #
 # It installs missing system packages with apt-get when run as root (rsync, the
 # OpenSSH client, git, shellcheck, curl, chromium and a font for the status page's
@@ -209,11 +212,27 @@ cmd_bench() {
     return "$rc"
 }
 
+cmd_soak() {
+    # The long profile starts (and restarts) a private mariadbd of its own.
+    ensure_system_packages
+    ensure_venv
+    if ! find_mariadbd >/dev/null; then
+        apt_install mariadb-server || say "warning: no MariaDB server; only the SQLite profile runs"
+    fi
+    set +e
+    "$VENV/bin/python" -m soak "$@"
+    local rc=$?
+    set -e
+    return "$rc"
+}
+
 case "${1:-}" in
     test) shift; cmd_test "$@" ;;
     demo) shift; cmd_demo "$@" ;;
     bench) shift; cmd_bench "$@" ;;
+    soak) shift; cmd_soak "$@" ;;
     *) printf '%s\n' "usage: ./dev.sh test [PYTEST ARGS...]" \
            "       ./dev.sh demo [--keep] [--workdir DIR]" \
-           "       ./dev.sh bench [--profile short|full] [--only NAME] [--json PATH]" >&2; exit 2 ;;
+           "       ./dev.sh bench [--profile short|full] [--only NAME] [--json PATH]" \
+           "       ./dev.sh soak [--profile short|long] [--seed N] [--json PATH]" >&2; exit 2 ;;
 esac

@@ -36,6 +36,8 @@ import threading
 import time
 import urllib.parse
 
+from devstackgate import claim as claimmod
+from devstackgate.claim import server_has_skip_locked  # noqa: F401 (its home was here)
 from devstackgate.errors import DatabaseBusy, DatabaseError
 
 log = logging.getLogger('state')
@@ -55,6 +57,7 @@ LAUNCH_OUTCOMES = ('ready', 'used', 'failed')
 _MYSQL_LOCK_WAIT_TIMEOUT = 1205
 _MYSQL_DEADLOCK = 1213
 _MYSQL_NO_SUCH_TABLE = 1146
+_MYSQL_UNREACHABLE = (2002, 2003, 2006, 2013)    # no server there (yet): a restart
 _MYSQL_PARSE_ERROR = 1064           # a server that does not know SKIP LOCKED says this
 
 #: The servers whose SELECT ... FOR UPDATE SKIP LOCKED the claim uses.
@@ -181,6 +184,24 @@ MIGRATIONS = [
         "CREATE INDEX results_cell ON results (provider, label, start_time)",
         "CREATE INDEX launches_cell ON launches (provider, label, finished)",
     ]),
+    # Leases: one run at a time of a stage for a provider (devstackgate.lease).
+    # A row per (provider, scope) once first taken; token NULL when free.  The
+    # times are the database server's clock (Database.now_sql), so hosts with
+    # skewed clocks agree on when a lease expires.
+    (7, [
+        """CREATE TABLE leases (
+            provider VARCHAR(255) NOT NULL,
+            scope VARCHAR(255) NOT NULL,
+            token VARCHAR(64),
+            host VARCHAR(255),
+            pid INTEGER,
+            stage VARCHAR(64),
+            acquired DOUBLE,
+            expires DOUBLE NOT NULL,
+            renewals INTEGER NOT NULL,
+            PRIMARY KEY (provider, scope)
+        )""",
+    ]),
 ]
 
 
@@ -275,6 +296,20 @@ class Launch:
 
 
 @dataclasses.dataclass(frozen=True)
+class Lease:
+    """Who holds (or last held) one stage's lease for a provider (devstackgate.lease)."""
+    provider: str
+    scope: str              # what it guards: 'launch', 'reap', 'image LABEL'
+    token: str              # the holder's random token; None when free
+    host: str
+    pid: int
+    stage: str              # the holder's stage (update-image holds 'launch' briefly)
+    acquired: float         # the database's clock, epoch seconds
+    expires: float
+    renewals: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Leak:
     """An untracked server or image of ours, as seen by consecutive reap runs."""
     id: int
@@ -292,7 +327,8 @@ def _columns(cls):
 
 
 _TABLES = {Node: 'nodes', Image: 'images', Result: 'results', Leak: 'leaks',
-           LabelSwitch: 'label_switches', ImagePause: 'image_pauses', Launch: 'launches'}
+           LabelSwitch: 'label_switches', ImagePause: 'image_pauses', Launch: 'launches',
+           Lease: 'leases'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -676,6 +712,53 @@ class Session:
         return [row[0] for row in self._execute(sql, params).fetchall()]
 
 
+    # -- leases -----------------------------------------------------------
+    def _lease_row(self, provider, scope):
+        rows = self._select(Lease, 'provider = ? AND scope = ?', [provider, scope],
+                            order='provider')
+        return rows[0] if rows else None
+
+    def db_now(self):
+        """The database server's clock, epoch seconds (what lease times are in)."""
+        return float(self._execute('SELECT %s' % self._db.now_sql()).fetchone()[0])
+
+    def acquire_lease(self, provider, scope, token, host, pid, stage, ttl):
+        """Take the lease of (provider, scope) if it is free or expired: one
+        conditional UPDATE (after making sure the row exists).  Returns
+        (acquired, row before, row now, database time)."""
+        insert = 'INSERT OR IGNORE' if self._db.url.backend == 'sqlite' else 'INSERT IGNORE'
+        self._execute('%s INTO leases (provider, scope, expires, renewals) VALUES (?, ?, 0, 0)'
+                      % insert, [provider, scope])
+        before = self._lease_row(provider, scope)
+        now = self._db.now_sql()
+        taken = self._execute(
+            'UPDATE leases SET token = ?, host = ?, pid = ?, stage = ?, acquired = %s, '
+            'expires = %s + ?, renewals = 0 WHERE provider = ? AND scope = ? '
+            'AND (token IS NULL OR expires < %s)' % (now, now, now),
+            [token, host, pid, stage, float(ttl), provider, scope]).rowcount == 1
+        return taken, before, self._lease_row(provider, scope), self.db_now()
+
+    def renew_lease(self, provider, scope, token, ttl):
+        """Push the expiry of our unexpired lease ttl seconds past now; False if it
+        is no longer ours (taken over, released) or has already expired."""
+        now = self._db.now_sql()
+        return self._execute(
+            'UPDATE leases SET expires = %s + ?, renewals = renewals + 1 WHERE provider = ? '
+            'AND scope = ? AND token = ? AND expires >= %s' % (now, now),
+            [float(ttl), provider, scope, token]).rowcount == 1
+
+    def release_lease(self, provider, scope, token):
+        """Free our lease (the row keeps who held it last); False if it was not ours."""
+        return self._execute(
+            'UPDATE leases SET token = NULL, expires = %s WHERE provider = ? AND scope = ? '
+            'AND token = ?' % self._db.now_sql(), [provider, scope, token]).rowcount == 1
+
+    def leases(self, provider=None):
+        """[Lease] rows, held or free, by provider and scope."""
+        where, params = self._filters(provider=provider)
+        return self._select(Lease, where, params, order='provider, scope')
+
+
 class Database:
     """A connection factory for one database URL.
 
@@ -686,8 +769,11 @@ class Database:
     """
 
     def __init__(self, url, lock_timeout=30.0, retries=5, environ=None, read_only=False,
-                 idle_reuse=30.0, skip_locked=None):
+                 idle_reuse=30.0, skip_locked=None, reconnect_wait=30.0):
         self.url = parse_url(url) if isinstance(url, str) else url
+        # A MySQL server that refuses connections (restarting) is tried again
+        # for this long before the error is final; nothing has been done yet then.
+        self.reconnect_wait = float(reconnect_wait)
         self.lock_timeout = float(lock_timeout)
         self.retries = int(retries)
         self.read_only = read_only
@@ -713,6 +799,7 @@ class Database:
     @classmethod
     def from_config(cls, config, **kwargs):
         kwargs.setdefault('idle_reuse', config.db_idle_reuse)
+        kwargs.setdefault('reconnect_wait', config.db_reconnect_wait)
         return cls(config.database, lock_timeout=config.db_lock_timeout,
                    retries=config.db_retries, **kwargs)
 
@@ -763,13 +850,28 @@ class Database:
             kwargs['host'], kwargs['port'] = self.url.host, self.url.port
         option_file = self.url.option_file or self._environ.get(OPTION_FILE_ENV)
         if option_file:
+            from devstackgate import secrets     # here: only a MySQL option file needs it
+            secrets.warn_if_readable(option_file, 'MySQL option file')
             kwargs['option_files'] = option_file
         password = self._environ.get(PASSWORD_ENV)
         if password is not None:
             kwargs['password'] = password
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        deadline, warned = time.monotonic() + self.reconnect_wait, False
+        while True:
+            try:
+                conn = mysql.connector.connect(**kwargs)
+                break
+            except mysql.connector.Error as e:
+                left = deadline - time.monotonic()
+                if getattr(e, 'errno', None) not in _MYSQL_UNREACHABLE or left <= 0:
+                    raise DatabaseError('cannot connect to %s: %s' % (self.url, _mysql_message(e)))
+                if not warned:
+                    log.warning('database %s does not answer (%s); trying again for up to '
+                                '%.0f s', self.url, _mysql_message(e), left)
+                    warned = True
+                time.sleep(min(1.0, left))
         try:
-            conn = mysql.connector.connect(**kwargs)
             cur = conn.cursor()
             cur.execute('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
             cur.execute('SET SESSION innodb_lock_wait_timeout = %d'
@@ -1009,6 +1111,13 @@ class Database:
                     cur.fetchall()
             _quiet_close(conn)
 
+    def now_sql(self):
+        """An SQL expression for the server's clock in epoch seconds (UTC, whatever
+        the session time zone)."""
+        if self.url.backend == 'sqlite':
+            return "((julianday('now') - 2440587.5) * 86400.0)"
+        return "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) / 1000000.0)"
+
     def version(self):
         with self.session() as s:
             return s._execute('SELECT version FROM schema_version').fetchone()[0]
@@ -1030,93 +1139,23 @@ class Database:
         row in the same transaction.  Returns (node, result) or (None, None)
         when no node is ready.
         """
-        providers = list(providers) if providers else None
-        where = 'label = ? AND state = ?'
-        params = [label, 'ready']
-        if providers:
-            where += ' AND provider IN (%s)' % ', '.join('?' for _ in providers)
-            params += providers
-
         def claim(s):
-            token = os.urandom(16).hex()
-            now = time.time()
-            node = None
-            if self.url.backend != 'sqlite' and self._has_skip_locked(s):
-                node = self._claim_skipping_locked(s, where, params, claimed_by, token, now)
-            if node is None:
-                node = self._claim_oldest(s, where, params, claimed_by, token, now)
-            if node is None:
-                return None, None
-            row = None
-            if result is not None:
-                values = dict(result, start_time=now, provider=node.provider, label=node.label,
-                              node_id=node.id, node_name=node.name)
-                values.setdefault('result', 'running')
-                row_id = s._insert('results', values)
-                row = Result(**dict({c: values.get(c) for c in _columns(Result)}, id=row_id))
-            return node, row
+            # The claim's SQL lives in devstackgate.claim (fetch's fast path runs it too).
+            node, row = claimmod.claim(
+                s._execute, self.url.backend, label, claimed_by, _columns(Node),
+                _columns(Result), providers=providers, result=result,
+                skip_locked=lambda: self._has_skip_locked(s),
+                no_skip_locked=lambda: setattr(self, 'skip_locked', False),
+                driver_errors=self._driver_errors())
+            return (Node(**node) if node else None), (Result(**row) if row else None)
 
         return self.transact(claim)
-
-    def _claim_values(self, claimed_by, token, now):
-        return {'state': 'used', 'state_time': now, 'claimed_by': claimed_by,
-                'claim_token': token}
-
-    def _claim_oldest(self, s, where, params, claimed_by, token, now):
-        """One UPDATE of the oldest ready row (waiting for it if a claim holds it)."""
-        values = self._claim_values(claimed_by, token, now)
-        sets = ', '.join('%s = ?' % c for c in values)
-        if self.url.backend == 'sqlite':
-            sql = ('UPDATE nodes SET %s WHERE id = (SELECT id FROM nodes WHERE %s '
-                   'ORDER BY state_time, id LIMIT 1)' % (sets, where))
-        else:
-            sql = 'UPDATE nodes SET %s WHERE %s ORDER BY state_time, id LIMIT 1' % (sets, where)
-        s._execute(sql, list(values.values()) + params)
-        rows = s._select(Node, 'claim_token = ?', [token])
-        return rows[0] if rows else None
-
-    def _claim_skipping_locked(self, s, where, params, claimed_by, token, now):
-        """Lock the oldest ready row no other claim holds and mark it used; None if none."""
-        sql = ('SELECT %s FROM nodes WHERE %s ORDER BY state_time, id LIMIT 1 '
-               'FOR UPDATE SKIP LOCKED' % (', '.join(_columns(Node)), where))
-        try:
-            rows = s._execute(sql, params).fetchall()
-        except self._driver_errors() as e:
-            if getattr(e, 'errno', None) != _MYSQL_PARSE_ERROR:
-                raise
-            self.skip_locked = False    # an older server: the waiting claim from now on
-            return None
-        if not rows:
-            return None
-        node = Node(*rows[0])
-        values = self._claim_values(claimed_by, token, now)
-        if not s._update(Node, node.id, values, expect_state='ready'):
-            return None     # cannot happen while we hold its lock; the waiting claim decides
-        return dataclasses.replace(node, **values)
 
     def _has_skip_locked(self, s):
         if self.skip_locked is None:
             info = getattr(s._conn, 'server_info', None) or s._conn.get_server_info()
             self.skip_locked = server_has_skip_locked(info)
         return self.skip_locked
-
-
-def server_has_skip_locked(info):
-    """Whether a MySQL/MariaDB server version string (the handshake's) has SKIP LOCKED.
-
-    MariaDB 10.x reports itself as ``5.5.5-10.11.19-MariaDB-...``.
-    """
-    info = str(info or '')
-    kind = 'mariadb' if 'mariadb' in info.lower() else 'mysql'
-    if kind == 'mariadb' and info.startswith('5.5.5-'):
-        info = info[len('5.5.5-'):]
-    version = []
-    for part in info.split('-', 1)[0].split('.')[:3]:
-        digits = ''.join(c for c in part if c.isdigit())
-        if not digits:
-            break
-        version.append(int(digits))
-    return bool(version) and tuple(version) >= _SKIP_LOCKED_SINCE[kind]
 
 
 #: Connections a forked child inherited in a Database's pool: never used nor

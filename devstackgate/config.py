@@ -18,13 +18,11 @@ import string
 
 import yaml
 
+from devstackgate import config_cache
+# Where the file is: config_cache (light, for fetch's fast path) owns the rules.
+from devstackgate.config_cache import CONFIG_ENV, DEFAULT_CONFIG_PATHS  # noqa: F401
+from devstackgate.config_cache import find_config_path  # noqa: F401
 from devstackgate.errors import ConfigError, DatabaseError
-
-CONFIG_ENV = 'DEVSTACK_GATE_CONFIG'
-DEFAULT_CONFIG_PATHS = (
-    os.path.join('~', '.devstack-gate', 'devstack-gate.yaml'),
-    os.path.join(os.sep, 'etc', 'devstack-gate', 'devstack-gate.yaml'),
-)
 DEFAULT_DATABASE = 'sqlite:///~/.devstack-gate/devstack-gate.db'
 CLOUDS_YAML_ENV = 'OS_CLIENT_CONFIG_FILE'
 CLOUDS_YAML_PATHS = (
@@ -99,6 +97,21 @@ GLOBAL_KEYS = {
     'db-idle-reuse': Key('number', 30, minimum=0,
                          doc='seconds a process keeps an idle database connection for its next '
                              'transaction; 0 opens one per transaction'),
+    'db-reconnect-wait': Key('number', 30, minimum=0,
+                             doc='seconds to keep trying a MySQL server that refuses connections '
+                                 '(a restart) before giving up'),
+    'lease-ttl': Key('number', 60, minimum=1,
+                     doc='seconds a run\'s lease on its stage and provider lasts unless '
+                         'renewed; a killed run blocks the next one for at most this long'),
+    'lease-renew-fraction': Key('number', 0.25, minimum=0.01,
+                                doc='a lease is renewed every this fraction of lease-ttl '
+                                    '(at most 0.5 is used)'),
+    'lease-wait': Key('number', 60, minimum=0,
+                      doc='seconds a run waits for the lease another run of its stage and '
+                          'provider holds, before it skips (exit 0, one line naming the '
+                          'holder)'),
+    'lease-poll': Key('number', 1, minimum=0.01,
+                      doc='seconds between attempts to take a held lease'),
     'node-prefix': Key('name', 'dg', doc='prefix of every server and image name we create'),
     'node-name-format': Key('format', '{prefix}-{label}-{provider}-{id}',
                             choices=('prefix', 'label', 'provider', 'id'), needs='id',
@@ -294,6 +307,11 @@ class Config:
     db_lock_timeout: float
     db_retries: int
     db_idle_reuse: float
+    db_reconnect_wait: float
+    lease_ttl: float
+    lease_renew_fraction: float
+    lease_wait: float
+    lease_poll: float
     node_prefix: str
     node_name_format: str
     image_name_format: str
@@ -332,33 +350,21 @@ class Config:
         return sorted({i.name for p in self.providers for i in p.images})
 
 
-def find_config_path(path=None, environ=None):
-    """--config, else $DEVSTACK_GATE_CONFIG, else the first default that exists."""
-    environ = os.environ if environ is None else environ
-    if path:
-        return path
-    if environ.get(CONFIG_ENV):
-        return environ[CONFIG_ENV]
-    for candidate in DEFAULT_CONFIG_PATHS:
-        candidate = os.path.expanduser(candidate)
-        if os.path.exists(candidate):
-            return candidate
-    raise ConfigError([
-        'no configuration file: give --config, set $%s, or create one of %s'
-        % (CONFIG_ENV, ', '.join(DEFAULT_CONFIG_PATHS))])
-
-
-def load(path=None, check_clouds=True, environ=None):
+def load(path=None, check_clouds=True, environ=None, cache=False):
     """Load and validate the configuration; raise ConfigError with every problem.
 
     check_clouds=False skips the clouds.yaml look-up, for scripts that never
     talk to a cloud (fetch runs on gate slaves that hold no credentials).
+    A file that validates is recorded in fetch's cache (config_cache) when its
+    directory exists; cache=True (fetch) creates the directory.
     """
     environ = os.environ if environ is None else environ
     path = find_config_path(path, environ)
     try:
         with open(path, 'rb') as f:     # decoded whole, so an error gives the file offset
-            text = f.read().decode('utf-8')
+            st = os.fstat(f.fileno())
+            raw = f.read()
+        text = raw.decode('utf-8')
     except OSError as e:
         raise ConfigError(['%s: cannot read: %s' % (path, e.strerror or e)])
     except UnicodeDecodeError as e:
@@ -370,7 +376,10 @@ def load(path=None, check_clouds=True, environ=None):
         where = ' (line %d, column %d)' % (mark.line + 1, mark.column + 1) if mark else ''
         problem = getattr(e, 'problem', None) or str(e).splitlines()[0]
         raise ConfigError(['%s: invalid YAML%s: %s' % (path, where, problem)])
-    return validate(data, path, check_clouds=check_clouds, environ=environ)
+    config = validate(data, path, check_clouds=check_clouds, environ=environ)
+    # What fetch needs of a file that validated, for its fast path (config_cache).
+    config_cache.store(path, raw, st, config, create=cache)
+    return config
 
 
 def validate(data, path, check_clouds=True, environ=None):

@@ -20,9 +20,16 @@ One build (what the nightly Jenkins matrix runs per provider):
 Whatever fails or is interrupted, the row goes to delete with the reason, the
 previous current image stays current, and the cloud resources are deleted now
 or by the next reap (they carry our metadata).
+
+Leases (devstackgate.lease): the build of a label holds that label's image
+lease (a second build of it waits or skips); the template and the canary are
+counted and booted under the provider's launch lease, taken just for that, so
+no launch run counts the provider's servers without them and then boots past
+max-servers.  A build whose lease is lost fails at its next step (lease-lost).
 """
 
 import collections
+import contextlib
 import datetime
 import logging
 import os
@@ -33,7 +40,7 @@ import time
 import paramiko
 
 import vmdatabase
-from devstackgate import cells, cloud, launch, metrics, ssh, wait
+from devstackgate import cells, cloud, launch, lease as leasemod, metrics, ssh, wait
 from devstackgate.errors import GateError, UsageError
 
 log = logging.getLogger('image')
@@ -97,12 +104,18 @@ def create_image_row(db, config, provider, label):
 
 
 def build_keypair_name(prefix, label, provider, image_row_id):
-    return '%s-build-%s-%s-%d' % (prefix, label, provider, image_row_id)
+    """Nova refuses a '.' in a keypair name (label 12.04, provider rax.dfw): it becomes '-'."""
+    return _keypair_safe('%s-build-%s-%s-%d' % (prefix, label, provider, image_row_id))
+
+
+def _keypair_safe(text):
+    return re.sub(r'[^A-Za-z0-9_-]', '-', text)
 
 
 def build_keypair_row(prefix, provider, name):
     """The image row id a build keypair belongs to, or None if the name is not one of ours."""
-    match = re.fullmatch(r'%s-build-.+-%s-(\d+)' % (re.escape(prefix), re.escape(provider)),
+    match = re.fullmatch(r'%s-build-.+-%s-(\d+)' % (re.escape(_keypair_safe(prefix)),
+                                                   re.escape(_keypair_safe(provider))),
                          name)
     return int(match.group(1)) if match else None
 
@@ -160,6 +173,7 @@ class Builder:
         self.devstack_dir = devstack_dir
         self.clock = clock
         self.sleep = sleep
+        self.lease = leasemod.UNLEASED      # the label's image lease, while a build holds it
 
     def _tag(self, label):
         return '%s %s' % (self.provider.name, label)
@@ -190,13 +204,15 @@ class Builder:
         print('%s: would snapshot it as %s, check a canary node, then promote it'
               % (tag, image_name(self.config, label, self.provider.name)))
 
-    def build(self, label):
+    def build(self, label, lease=None):
         """Build, check and promote one image; raises BuildFailed.  Returns the row.
+        lease: the label's image lease the build holds (checked between its steps).
 
         Sends dg.image.<provider>.<label>.duration and .ready or .failed.<reason>."""
         stats = metrics.get()
         started = self.clock()
         outcome = ('failed', 'interrupted')
+        self.lease = lease or leasemod.UNLEASED
         try:
             row = self._build(label)
             outcome = ('ready',)
@@ -205,12 +221,22 @@ class Builder:
             outcome = ('failed', getattr(e, 'reason', None) or 'error')
             raise
         finally:
+            self.lease = leasemod.UNLEASED
             stats.timing(metrics.key('image', self.provider.name, label, 'duration'),
                          (self.clock() - started) * 1000)
             stats.incr(metrics.key('image', self.provider.name, label, *outcome))
 
+    def launch_lease(self):
+        """The provider's launch lease, held while a build counts the provider's
+        servers and boots one more (a no-op for a build holding no lease itself)."""
+        if self.lease is leasemod.UNLEASED:
+            return contextlib.nullcontext()
+        return leasemod.held(self.config, self.db, self.provider.name, leasemod.LAUNCH,
+                             'update-image', wait=leasemod.launch_hold_bound(self.config))
+
     def _build(self, label):
         tag = self._tag(label)
+        self.lease.check()
         image, base, flavor = self.choose(label)
         setup = [resolve_setup(self.config, e) for e in image.setup]
         row = create_image_row(self.db, self.config, self.provider.name, label)
@@ -221,17 +247,22 @@ class Builder:
         template_id = None
         try:
             self.adapter.ensure_keypair(keypair, ssh.public_line(key))
-            template_id = self.adapter.create_server(
-                '%s-template-%s-%s-%d' % (self.config.node_prefix, label, self.provider.name,
-                                          row.id),
-                base.id, flavor.id, keypair,
-                cloud.tags(self.provider.name, 'template', label, image_id=row.id))
-            self.db.transact(lambda s: s.update_image(row.id, server_external_id=template_id))
+            with self.launch_lease():           # the count and the boot, as one
+                self.lease.check()
+                self.make_room(tag, 'the template')
+                template_id = self.adapter.create_server(
+                    '%s-template-%s-%s-%d' % (self.config.node_prefix, label,
+                                              self.provider.name, row.id),
+                    base.id, flavor.id, keypair,
+                    cloud.tags(self.provider.name, 'template', label, image_id=row.id))
+                self.db.transact(lambda s: s.update_image(row.id,
+                                                          server_external_id=template_id))
             client = self.wait_for_template(tag, template_id, image, key)
             try:
                 self.prepare(tag, client, setup)
             finally:
                 client.close()
+            self.lease.check()
             snapshot_id = self.adapter.create_image(
                 template_id, row.name, cloud.tags(self.provider.name, 'image', label,
                                                   image_id=row.id))
@@ -240,6 +271,7 @@ class Builder:
             self.wait_for_snapshot(tag, snapshot_id)
             self.adapter.delete_quietly('server', template_id, tag + ': template')
             template_id = None
+            self.lease.check()
             self.canary(tag, label, self.db.transact(lambda s: s.get_image(row.id)))
         except BaseException as e:
             reason = getattr(e, 'reason', None) or (
@@ -336,15 +368,50 @@ class Builder:
                 self.config.snapshot_timeout))
         log.info('%s: snapshot active after %.0f s', tag, self.clock() - started)
 
+    def make_room(self, tag, what):
+        """Keep the build within max-servers: when the provider is full, retire its
+        oldest ready node (the pool refills it on the next launch run) so that the
+        template or the canary has a server slot; with none ready, fail the build
+        (the current image stays current)."""
+        rows = self.db.transact(lambda s: s.nodes(provider=self.provider.name))
+        held, _ = launch.servers_held(self.provider.name, rows, self.adapter.list_servers())
+        if held < self.provider.max_servers:
+            return
+        for node in sorted((n for n in rows if n.state == 'ready'),
+                           key=lambda n: (n.state_time, n.id)):
+            # Compare-and-set: a gate job may be claiming this very node.
+            if self.db.transact(lambda s: s.transition(node, 'delete',
+                                                       fail_reason='room-for-build')):
+                log.info('%s: %d servers of max-servers %d; retired ready node %s to make '
+                         'room for %s', tag, held, self.provider.max_servers, node.name, what)
+                if node.external_id:
+                    self.adapter.delete_quietly('server', node.external_id,
+                                                '%s: %s' % (tag, node.name))
+                    # Its slot is free once the cloud no longer lists it.
+                    for _ in wait.iterate(self.clock() + self.provider.boot_timeout,
+                                          self.config.launch_poll_interval,
+                                          '%s: %s to go' % (tag, node.name),
+                                          clock=self.clock, sleep=self.sleep):
+                        if all(srv.id != node.external_id
+                               for srv in self.adapter.list_servers()):
+                            break
+                return
+        raise BuildFailed('no-capacity', '%d servers of max-servers %d and none ready to make '
+                          'room for %s' % (held, self.provider.max_servers, what))
+
     def canary(self, tag, label, row):
         """Boot one node from the new image through the pool's own launch path."""
         # The launch code's own polls (server list, SSH), paced like the build's.
         launcher = launch.Launcher(self.config, self.provider, self.db, self.adapter,
                                    self.pool_key, clock=self.clock,
                                    sleep=Backoff(self.config, clock=self.clock, sleep=self.sleep),
-                                   ready_state='used', claimed_by='canary of image %s' % row.name)
-        log.info('%s: booting a canary node from %s', tag, row.name)
-        node = launcher.boot(label, row)
+                                   ready_state='used', claimed_by='canary of image %s' % row.name,
+                                   lease=self.lease)
+        with self.launch_lease():               # the count and the boot, as one
+            self.make_room(tag, 'the canary')
+            log.info('%s: booting a canary node from %s', tag, row.name)
+            node = launcher.boot(label, row)
+        self.lease.check()
         if node is None:
             raise BuildFailed('canary-failed', 'the canary node could not be booted')
         launcher.wait([node])
@@ -417,7 +484,8 @@ def labels_to_build(provider, label=None):
 
 def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=None,
         adapter=None):
-    """Build every label of a provider (or one); returns {label: row or reason}.
+    """Build every label of a provider (or one); returns {label: row or reason}, the
+    reason a BuildFailed, or a LeaseHeld when another run holds the label's lease.
 
     A dry run reads the cloud (base images, flavors) and prints the plan; it
     opens no database, makes no key and creates nothing.
@@ -452,9 +520,11 @@ def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=
             outcome[image.name] = 'dry-run'
             continue
         try:
-            outcome[image.name] = builder.build(image.name)
-        except BuildFailed as e:
-            outcome[image.name] = e
+            with leasemod.held(config, db, provider.name, leasemod.image_scope(image.name),
+                               'update-image') as lease:
+                outcome[image.name] = builder.build(image.name, lease=lease)
+        except (BuildFailed, leasemod.LeaseHeld) as e:
+            outcome[image.name] = e     # LeaseHeld: another run is building this label
     return outcome
 
 

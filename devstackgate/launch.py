@@ -19,6 +19,11 @@ One run (what Jenkins starts every ten minutes, one matrix cell per provider):
    address, SSH timeout, a failed ready check or boot-timeout: the server is
    deleted and the row marked delete with the reason;
 5. stop at the run's deadline; nodes still building are finished by the next run.
+
+A run holds the provider's launch lease throughout (devstackgate.lease): a
+second run waits for it or skips.  If the lease is lost (the database down for
+lease-ttl, or the lease taken over) the run boots nothing more, stops polling
+and leaves its nodes building for the next holder, then exits 1.
 """
 
 import collections
@@ -29,7 +34,7 @@ import threading
 import time
 
 import vmdatabase
-from devstackgate import cells, cloud, metrics, ssh, wait
+from devstackgate import cells, cloud, lease as leasemod, metrics, ssh, wait
 from devstackgate.errors import GateError
 
 log = logging.getLogger('launch')
@@ -73,6 +78,21 @@ class Summary:
         return sum(s.became_ready for s in self.labels.values())
 
 
+def servers_held(provider_name, rows, servers):
+    """(servers counting against max-servers, the untracked ones among them).
+
+    Every node row but a delete row whose server is gone, plus every listed
+    server of this provider without a node row (templates, canaries of other
+    runs, leaks).  Launch and the image builder count alike.
+    """
+    tracked = {str(n.id) for n in rows}
+    untracked = [s for s in servers
+                 if s.metadata.get(cloud.META_PROVIDER) == provider_name
+                 and s.metadata.get(cloud.META_NODE_ID) not in tracked]
+    held = sum(1 for n in rows if n.state != 'delete' or n.external_id) + len(untracked)
+    return held, untracked
+
+
 def node_name(config, label, provider, node_id):
     return config.node_name_format.format(prefix=config.node_prefix, label=label,
                                           provider=provider, id=node_id)
@@ -84,10 +104,13 @@ def describe(node):
 
 class Launcher:
     def __init__(self, config, provider, db, adapter, pkey, clock=time.monotonic,
-                 sleep=time.sleep, ready_state='ready', claimed_by=None):
+                 sleep=time.sleep, ready_state='ready', claimed_by=None, lease=None):
         """ready_state/claimed_by: what a node that passes its checks becomes.  The
         image builder's canary becomes 'used' (by the build), so no gate job
-        can be handed a node of an image that is not yet promoted."""
+        can be handed a node of an image that is not yet promoted.  lease: what
+        the run holds (devstackgate.lease); it boots and polls only while it is
+        still held."""
+        self.lease = lease or leasemod.UNLEASED
         self.ready_state = ready_state
         self.claimed_by = claimed_by
         self.config = config
@@ -194,11 +217,7 @@ class Launcher:
         return watch
     # -- 2. how many to boot ----------------------------------------------
     def plan(self, rows, servers):
-        tracked = {str(n.id) for n in rows}
-        untracked = [s for s in servers
-                     if s.metadata.get(cloud.META_PROVIDER) == self.provider.name
-                     and s.metadata.get(cloud.META_NODE_ID) not in tracked]
-        held = sum(1 for n in rows if n.state != 'delete' or n.external_id) + len(untracked)
+        held, untracked = servers_held(self.provider.name, rows, servers)
         capacity = max(0, self.provider.max_servers - held)
         counts = collections.Counter((n.label, n.state) for n in rows)
         disabled = cells.disabled(self.config, self.db)
@@ -241,6 +260,10 @@ class Launcher:
     # -- 3. boot ----------------------------------------------------------
     def boot(self, label, image_row):
         """Record a node row, then create its server; the node, or None if the create failed."""
+        if not self.lease.ok():
+            log.warning('%s %s: %s lost; not booting', self.provider.name, label,
+                        self.lease.name)
+            return None
         image = self.provider.image(label)
         flavor = self.adapter.flavor_for(image.min_ram)
         key_name = self.key_name()
@@ -348,6 +371,11 @@ class Launcher:
                         pending[node.id] = node
                 if not (pending or checking or booting):
                     break
+                if not self.lease.ok():
+                    log.warning('%s: %s lost; no longer polling: %d node(s) are left '
+                                'building for the run that holds it now', self.provider.name,
+                                self.lease.name, len(pending) + len(booting) + len(checking))
+                    break
                 if not pending or early:    # woken by a check or a boot: not time to list
                     continue
                 polled = self.clock()
@@ -373,7 +401,7 @@ class Launcher:
         booted_late = [f.result() for f in list(booting)]   # the next run waits for these
         left = ([n for n in pending.values()] + [n for n in booted_late if n is not None]
                 + [n for n in checking.values() if self._state(n) == 'building'])
-        if left:
+        if left and self.lease.ok():
             log.info('%s: run deadline reached after %.0f s; %d node(s) still building are left '
                      'for the next run', self.provider.name, self.clock() - self.started, len(left))
 
@@ -428,10 +456,12 @@ class Launcher:
 
     # -- the run ----------------------------------------------------------
     def run(self):
+        self.lease.check()
         servers = self.adapter.list_servers()
         rows = self._nodes()
         watch = self.resume(rows, servers)
         rows = self._nodes()
+        self.lease.check()          # the plan's counts are ours only while we hold it
         boots = self.plan(rows, servers)
         if boots:
             for label in {label for label, _ in boots}:
@@ -450,13 +480,16 @@ class Launcher:
         for label, s in self.summary.labels.items():
             s.ready, s.building = counts[(label, 'ready')], counts[(label, 'building')]
             log.info('%s %s', self.provider.name, s.line(label))
+        self.lease.check()
         return self.summary
 
 
 def run(config, provider_name, db=None, adapter=None):
-    """One launch run for one provider; returns its Summary."""
+    """One launch run for one provider, holding its launch lease; returns its Summary
+    (LeaseHeld if another run held the lease throughout lease-wait)."""
     provider = config.provider(provider_name)
     db = db or vmdatabase.Database.from_config(config).upgrade()
     pkey, _ = ssh.ensure_private_key(config.ssh_private_key)
-    adapter = adapter or cloud.connect(provider)
-    return Launcher(config, provider, db, adapter, pkey).run()
+    with leasemod.held(config, db, provider.name, leasemod.LAUNCH, 'launch') as lease:
+        adapter = adapter or cloud.connect(provider)
+        return Launcher(config, provider, db, adapter, pkey, lease=lease).run()

@@ -29,6 +29,11 @@ a ready node while the reaper runs): see :meth:`Reaper._compare_and_set`.
 A dry run reads the same lists and rows and prints the same lines, prefixed
 "would delete", and writes nothing to the cloud or the database.
 
+A run holds the provider's reap lease (devstackgate.lease), so two reaps never
+count one leak sighting twice or ask for the same deletes together; a dry run
+takes none (it writes nothing).  A reap may run beside a launch: see above.  A
+run whose lease is lost starts no more deletes, and exits 1 after its table.
+
 Reasons per resource:
 
 ===================  ==========================================================
@@ -38,7 +43,8 @@ delete               a node row already in delete (launch or build failures,
 error                a node row in error
 used-too-long        used longer than max-used-hours: its job died
 hold-expired         held past hold_until (or hold-hours after it was held)
-build-timeout        building longer than the provider's boot-timeout
+build-timeout        building longer than the provider's boot-timeout +
+                     ready-check-timeout (launch may still be checking it)
 image-not-current    ready, booted from an image that is no longer current
                      (kept while there is no current image at all, and for a
                      canary of an image still being built)
@@ -75,7 +81,7 @@ import sys
 import time
 
 import vmdatabase
-from devstackgate import cloud, image
+from devstackgate import cloud, image, lease as leasemod
 from devstackgate.errors import DatabaseError, GateError
 
 log = logging.getLogger('reap')
@@ -231,7 +237,9 @@ class Limits:
 
     @classmethod
     def from_config(cls, config, provider):
-        return cls(boot_timeout=provider.boot_timeout, hold=config.hold_hours * HOUR,
+        # A building node may still be in launch's ready check after boot-timeout.
+        return cls(boot_timeout=provider.boot_timeout + config.ready_check_timeout,
+                   hold=config.hold_hours * HOUR,
                    max_used=config.max_used_hours * HOUR, max_ready=config.max_ready_hours * HOUR,
                    leak_grace=config.leak_grace, keep_images=config.keep_images,
                    interrupted_build=(config.image_build_timeout + config.snapshot_timeout
@@ -468,7 +476,8 @@ class Sighting:
 
 class Reaper:
     def __init__(self, config, provider, db, adapter, dry_run=False, out=None, err=None,
-                 clock=time.time):
+                 clock=time.time, lease=None):
+        self.lease = lease or leasemod.UNLEASED
         self.config = config
         self.provider = provider
         self.db = db
@@ -524,6 +533,7 @@ class Reaper:
                  sum(1 for s in servers if is_ours(s, name)),
                  sum(1 for i in cloud_images if is_ours(i, name)), len(nodes), len(images),
                  len(leaked_servers), len(leaked_images), '; dry run' if self.dry_run else '')
+        self.lease.check()          # a sighting is counted by the lease's holder only
         leaks = self.sightings(leaked_servers, leaked_images, now)
         the_plan = plan(name, self.limits, nodes, images, servers, cloud_images, current, leaks,
                         now, listed_at, keypairs=keypairs, prefix=self.config.node_prefix)
@@ -590,7 +600,13 @@ class Reaper:
 
     def _remove_row(self, row):
         if isinstance(row, vmdatabase.Node):
-            return self._compare_and_set(row, lambda s: s.delete_node(row.id))
+            def remove(s):
+                s.delete_node(row.id)
+                # A gate result still running on a node that is gone belongs to a job
+                # that died (killed, its slave lost): it ends as aborted, not never.
+                for result in s.results(node_id=row.id, result='running'):
+                    s.finish_result(result.id, 'aborted')
+            return self._compare_and_set(row, remove)
         return self._compare_and_set(row, lambda s: s.delete_image(row.id))
 
     def apply(self, the_plan):
@@ -614,6 +630,7 @@ class Reaper:
                 self._changed(row, fresh)
 
         outage = []
+        lost = False
         futures = {}
 
         def note_outage(future):
@@ -624,6 +641,12 @@ class Reaper:
                                                    thread_name_prefix='reap-delete') as pool:
             for step in the_plan.steps:
                 if outage:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    break
+                if not self.lease.ok():
+                    lost = True
+                    log.warning('%s: %s lost; starting no more deletes', name,
+                                self.lease.name)
                     pool.shutdown(wait=True, cancel_futures=True)
                     break
                 if step.row is not None and self._row_key(step.row) in unmarked:
@@ -642,16 +665,16 @@ class Reaper:
                 future = pool.submit(self._delete, step)
                 future.add_done_callback(note_outage)
                 futures[future] = step
-            for key in list(unmarked):          # rows with nothing to delete now, or
-                mark(key)                       # left by an outage: marked all the same
+            for key in list(unmarked if not lost else ()):  # rows with nothing to delete
+                mark(key)                       # now, or left by an outage: marked all the same
         for future, step in futures.items():        # in the plan's order
             if future.cancelled():
                 continue
             error = future.exception()
             if error is None:
                 self.summary.deleted[step.reason] += 1
-            elif isinstance(error, cloud.CloudUnavailable):
-                continue
+            elif isinstance(error, (cloud.CloudUnavailable, leasemod.LeaseLost)):
+                continue                    # not started: asked again by the next run
             elif not isinstance(error, cloud.CloudError):
                 raise error                 # not the cloud's doing: a bug
             else:
@@ -660,9 +683,12 @@ class Reaper:
                             'run', name, step.kind, step.name, step.id, error.reason, error)
         if outage:
             raise outage[0]
+        self.lease.check()
 
     def _delete(self, step):
-        """One step's cloud call (in a worker thread); CloudError if it failed."""
+        """One step's cloud call (in a worker thread); CloudError if it failed,
+        LeaseLost (and no call) once the run's lease is lost."""
+        self.lease.check()
         if step.server_id:
             self.adapter.delete_server(step.server_id)
         elif step.image_id:
@@ -718,5 +744,25 @@ def run(config, provider_name, dry_run=False, db=None, adapter=None, out=None, e
     """One reap run for one provider; returns its Summary (the table is printed on err)."""
     provider = config.provider(provider_name)
     db = db or open_database(config, dry_run)
-    adapter = adapter or cloud.connect(provider)
-    return Reaper(config, provider, db, adapter, dry_run=dry_run, out=out, err=err).run()
+    if dry_run:
+        note_reap_in_progress(db, provider.name)
+        adapter = adapter or cloud.connect(provider)
+        return Reaper(config, provider, db, adapter, dry_run=True, out=out, err=err).run()
+    with leasemod.held(config, db, provider.name, leasemod.REAP, 'reap') as lease:
+        adapter = adapter or cloud.connect(provider)
+        return Reaper(config, provider, db, adapter, out=out, err=err, lease=lease).run()
+
+
+def note_reap_in_progress(db, provider_name):
+    """A dry run takes no lease; it says so when a real run holds it (its deletes
+    may change what the dry run shows)."""
+    try:
+        rows = db.transact(lambda s: (s.leases(provider=provider_name), s.db_now()))
+    except DatabaseError:
+        return
+    leases, now = rows
+    for row in leases:
+        if row.scope == leasemod.REAP and row.token is not None and row.expires >= now:
+            log.info('%s: a reap run, %s, holds the reap lease until %s; what it deletes '
+                     'meanwhile may differ from these lines', provider_name,
+                     leasemod.holder(row), leasemod.when(row.expires))

@@ -40,6 +40,8 @@ class Profile:
     hold_hours: float           # hold-hours of the product configuration
     max_used_hours: float       # max-used-hours (a killed gate's node is reaped after it)
     leak_grace: float           # leak-grace (s)
+    lease_ttl: float            # lease-ttl (s): how long a SIGKILLed run's lease blocks the next
+    lease_wait: float           # lease-wait (s): how long a run waits for a held lease, then skips
     kills: int                  # SIGKILLs over the run (launch, update-image, gate, reap in turn)
     revocations: int            # cycles whose tokens are revoked mid-cycle
     overlaps: int               # cycles with a second, overlapping launch or reap run
@@ -64,7 +66,7 @@ SHORT = Profile(
     name='short', cycles=3, providers=2, database='sqlite', min_ready=1, max_servers=6,
     boot_timeout=5.0, launch_deadline=8.0, api_timeout=10.0, gates_per_cycle=2, builds=3, fetch_wait=6.0,
     launch_delay=4.0, reap_delay=1.0, launch_period=6.0, recovery_periods=2.0, hold_hours=24.0,
-    max_used_hours=24.0, leak_grace=1.0, kills=4, revocations=1, overlaps=0, db_restarts=0,
+    max_used_hours=24.0, leak_grace=1.0, lease_ttl=3.0, lease_wait=4.0, kills=4, revocations=1, overlaps=0, db_restarts=0,
     db_down=1.0, outage_fraction=1 / 3, extra_fault_rate=0.0, boot_fault_min=1.0,
     boot_fault_max=1.0, api_error_rate=0.15, api_latency=0.1, lying_delete_lists=3, quota_headroom=-1,
     step_timeout=60.0, sample_interval=0.3, final_reap_runs=4, mariadb_start_timeout=60.0)

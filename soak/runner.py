@@ -375,6 +375,7 @@ class Soak:
             'poll-interval': 0.2, 'launch-deadline': P.launch_deadline, 'launch-workers': 4,
             'ssh-connect-timeout': 2, 'ready-check-timeout': 10, 'fetch-poll': 0.1,
             'max-used-hours': P.max_used_hours, 'leak-grace': P.leak_grace,
+            'lease-ttl': P.lease_ttl, 'lease-wait': P.lease_wait, 'lease-poll': 0.2,
             'image-build-timeout': 60, 'snapshot-timeout': 20,
             'providers': [{
                 'name': p, 'cloud': p, 'max-servers': P.max_servers,

@@ -337,3 +337,51 @@ def test_build_polls_back_off_with_the_time_waited():
         now[0] = 100.0 + waited
         backoff(asked)
     assert slept == pytest.approx([0.1, 0.1, 0.15, 2.0, 5.0, 0.5])
+
+
+# -- leases ------------------------------------------------------------------------
+
+def lease_rows(pool):
+    return {r.scope: r for r in pool.db.transact(lambda s: s.leases(provider='rax'))}
+
+
+def test_a_label_another_build_holds_is_skipped(built):
+    from devstackgate import lease as leasemod
+    built.data['lease-wait'] = 0
+    built.write()
+    other = leasemod.Lease(built.db, 'rax', leasemod.image_scope('precise'), 'update-image',
+                           30).acquire(wait=0)
+    try:
+        proc = build(built)
+    finally:
+        other.release()
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('devstack-vm-update-image: provider rax: skipped: lease image precise '
+                           'is held by host %s pid %d (update-image) until ' % (other.host,
+                                                                                other.pid)), last
+    assert built.db.transact(lambda s: s.images()) == []
+    assert built.clouds['rax'].calls('POST /compute/v2.1/servers') == 0
+
+
+def test_the_template_and_canary_boot_under_the_launch_lease(built):
+    import time
+    from devstackgate import lease as leasemod
+    launch = leasemod.Lease(built.db, 'rax', leasemod.LAUNCH, 'launch', 30).acquire(wait=0)
+    try:
+        proc = built.popen('devstack-vm-update-image.py', 'rax')
+        built.wait_for(lambda: built.db.transact(lambda s: s.images()), what='image row')
+        time.sleep(1.5)             # a launch run is under way: no server of the build yet
+        assert built.clouds['rax'].calls('POST /compute/v2.1/servers') == 0
+    finally:
+        launch.release()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 'lease launch of provider rax is held by host %s pid %d (launch) until ' % (
+        launch.host, launch.pid) in err
+    assert 'is now the current image' in err
+    rows = lease_rows(built)
+    # Both leases were the build's last, and both are free.
+    assert (rows['launch'].stage, rows['launch'].token) == ('update-image', None)
+    assert (rows['image precise'].stage, rows['image precise'].token) == ('update-image', None)
+    assert_nothing_leaked(built)

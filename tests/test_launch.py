@@ -3,11 +3,17 @@
 import dataclasses
 import re
 import signal
+import socket
+import time
 
 import pytest
 
 from tests.pool import Pool, cloud_config, make_base_dir, provider
 
+
+
+def leases(pool, provider='rax'):
+    return pool.db.transact(lambda s: s.leases(provider=provider))
 
 
 def two_providers(tmp_path, clouds_for, db_url, rax=None, hp=None, **settings):
@@ -150,18 +156,34 @@ def test_one_provider_down_does_not_stop_the_other(tmp_path, clouds_for, sqlite_
                         r'unavailable \(version discovery failed\) \(gave up after [1-6] attempts\)',
                         last), last
     assert pool.nodes(provider='rax') == []
+    assert [(l.scope, l.token) for l in leases(pool)] == [('launch', None)]   # released
 
 
 def test_killed_run_is_finished_by_the_next_with_nothing_leaked(tmp_path, clouds_for, db_url):
-    pool = two_providers(tmp_path, clouds_for, db_url, rax={'faults': {'boot-delay': 3}})
-    proc = pool.popen('devstack-vm-launch.py', 'rax')
+    pool = two_providers(tmp_path, clouds_for, db_url, rax={'faults': {'boot-delay': 3}},
+                         **{'lease-ttl': 2})
+    killed = pool.popen('devstack-vm-launch.py', 'rax')
     pool.wait_for(lambda: len([n for n in pool.nodes(provider='rax') if n.external_id]) == 2,
                   what='both servers recorded')
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    killed_at = time.monotonic()
     assert [n.state for n in pool.nodes(provider='rax')] == ['building', 'building']
-    proc = pool.run('devstack-vm-launch.py', 'rax')
+    (old,) = leases(pool)
+    assert (old.pid, old.stage, old.host) == (killed.pid, 'launch', socket.gethostname())
+    proc = pool.popen('devstack-vm-launch.py', 'rax')
+    # The killed run's lease holds the next run back for at most lease-ttl.
+    pool.wait_for(lambda: leases(pool)[0].token not in (old.token, None), timeout=10,
+                  interval=0.05, what='the lease taken over')
+    assert time.monotonic() - killed_at < 2 + 1.5
+    out, err = proc.communicate(timeout=120)
+    proc.stderr = err
     assert proc.returncode == 0, proc.stderr
+    assert 'lease launch of provider rax is held by host %s pid %d (launch)' % (
+        old.host, old.pid) in err
+    assert ('lease launch of provider rax: taken over from host %s pid %d (launch), whose lease '
+            'expired at ' % (old.host, old.pid)) in err
+    assert leases(pool)[0].token is None            # released at the end
     assert proc.stderr.count('still building from an earlier run') == 2
     nodes = pool.nodes(provider='rax')
     assert [n.state for n in nodes] == ['ready', 'ready']
@@ -235,3 +257,97 @@ def test_a_node_the_reaper_took_is_not_made_ready_again(tmp_path, sqlite_url):
     row = db.transact(lambda s: s.get_node(node.id))
     assert (row.state, row.fail_reason, row.ip) == ('delete', 'build-timeout', None)
     assert launcher.summary.became_ready == 0
+
+
+# -- two runs of one provider at once (the lease) ----------------------------------
+
+STAMP = r'\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC'
+
+
+def both_at_once(pool, *args):
+    procs = [pool.popen('devstack-vm-launch.py', 'rax', *args) for _ in range(2)]
+    return procs, [p.communicate(timeout=120)[1] for p in procs]
+
+
+def test_two_runs_at_once_launch_min_ready_once_and_the_second_names_the_holder(
+        tmp_path, clouds_for, db_url):
+    pool = two_providers(tmp_path, clouds_for, db_url, rax={'faults': {'boot-delay': 1.0}},
+                         **{'lease-wait': 0})
+    pool.data['providers'][0]['images'][0]['min-ready'] = 3
+    pool.write()
+    procs, errs = both_at_once(pool)
+    assert [p.returncode for p in procs] == [0, 0], errs
+    skipped = [i for i, err in enumerate(errs) if ': skipped: ' in err]
+    assert len(skipped) == 1, errs
+    holder = procs[1 - skipped[0]]
+    last = errs[skipped[0]].strip().splitlines()[-1]
+    assert re.fullmatch(r'devstack-vm-launch: provider rax: skipped: lease launch is held by '
+                        r'host %s pid %d \(launch\) until %s \(\d+ s from now, unless renewed\); '
+                        r'that run is doing this work' % (re.escape(socket.gethostname()),
+                                                          holder.pid, STAMP), last), last
+    assert 'rax precise: ready 3, building 0, launched 3, failed 0' in errs[1 - skipped[0]]
+    assert len(pool.nodes(provider='rax', state='ready')) == 3
+    assert len(pool.live_servers('rax')) == 3
+    assert pool.clouds['rax'].calls('POST /compute/v2.1/servers') == 3
+    assert leases(pool)[0].token is None
+
+
+def test_a_second_run_waits_for_the_first_and_then_counts_its_nodes(tmp_path, clouds_for, db_url):
+    pool = two_providers(tmp_path, clouds_for, db_url, rax={'faults': {'boot-delay': 1.0}})
+    pool.data['providers'][0]['images'][0]['min-ready'] = 3
+    pool.data['providers'][0]['max-servers'] = 4
+    pool.write()
+    procs, errs = both_at_once(pool)
+    assert [p.returncode for p in procs] == [0, 0], errs
+    assert sum('is held by host' in err and 'waiting up to' in err for err in errs) == 1, errs
+    assert sorted('launching 3 precise' in err for err in errs) == [False, True], errs
+    assert sum('launching nothing' in err for err in errs) == 1, errs
+    assert len(pool.nodes(provider='rax', state='ready')) == 3
+    assert len(pool.live_servers('rax')) == 3
+    assert pool.clouds['rax'].calls('POST /compute/v2.1/servers') == 3
+
+
+def test_a_run_whose_lease_is_taken_stops_and_the_next_finishes_its_nodes(
+        tmp_path, clouds_for, db_url):
+    pool = two_providers(tmp_path, clouds_for, db_url, rax={'faults': {'boot-delay': 5}},
+                         **{'lease-ttl': 2})
+    proc = pool.popen('devstack-vm-launch.py', 'rax')
+    pool.wait_for(lambda: len([n for n in pool.nodes(provider='rax') if n.external_id]) == 2,
+                  what='both servers recorded')
+    with pool.db.session() as s:        # another run took it over (after a stall of ours)
+        s._execute('UPDATE leases SET token = ?, host = ?, pid = ? WHERE provider = ?',
+                   ['intruder', 'elsewhere', 4242, 'rax'])
+    taken = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - taken < 3, err        # within a renewal (lease-ttl / 4) or so
+    assert proc.returncode == 1, err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r'devstack-vm-launch: provider rax: lease launch lost \(taken by host '
+                        r'elsewhere pid 4242 \(launch\), until %s\); stopped starting new work'
+                        % STAMP, last), last
+    assert 'no longer polling: 2 node(s) are left building for the run that holds it now' in err
+    assert 'Traceback' not in err
+    assert [n.state for n in pool.nodes(provider='rax')] == ['building', 'building']
+    assert leases(pool)[0].token == 'intruder'      # not released by the run that lost it
+    # The intruder's lease expires unrenewed; the next run takes it and finishes the nodes.
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr
+    assert 'taken over from host elsewhere pid 4242 (launch)' in proc.stderr
+    assert proc.stderr.count('still building from an earlier run') == 2
+    assert [n.state for n in pool.nodes(provider='rax')] == ['ready', 'ready']
+    assert pool.clouds['rax'].calls('POST /compute/v2.1/servers') == 2
+
+
+def test_sigterm_releases_the_lease(tmp_path, clouds_for, db_url):
+    pool = two_providers(tmp_path, clouds_for, db_url, rax={'faults': {'boot-delay': 3}})
+    proc = pool.popen('devstack-vm-launch.py', 'rax')
+    pool.wait_for(lambda: len([n for n in pool.nodes(provider='rax') if n.external_id]) == 2,
+                  what='both servers recorded')
+    assert leases(pool)[0].pid == proc.pid
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert leases(pool)[0].token is None
+    proc = pool.run('devstack-vm-launch.py', 'rax')     # no wait for a lease
+    assert proc.returncode == 0, proc.stderr
+    assert 'is held by' not in proc.stderr and 'taken over' not in proc.stderr

@@ -21,7 +21,9 @@ from tests.pool import ROOT, BASE_IMAGE, Pool, cloud_config, make_base_dir, prov
 
 README = os.path.join(ROOT, 'README.rst')
 NEEDS_JENKINS = ['jenkins-jobs update jobs/']
-RUN_ELSEWHERE = {'./dev.sh demo': 'tests/test_demo.py', './dev.sh test': '.ci/run'}
+RUN_ELSEWHERE = {'./dev.sh demo': 'tests/test_demo.py', './dev.sh test': '.ci/run',
+                 './dev.sh bench': 'tests/test_bench.py',
+                 './dev.sh soak --seed 1': 'tests/test_soak.py'}
 POOL_COMMANDS = [
     'python3 devstack-vm-update-image.py rax',
     'python3 devstack-vm-launch.py rax',

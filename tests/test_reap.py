@@ -9,6 +9,7 @@ import dataclasses
 import io
 import logging
 import re
+import socket
 import threading
 import time
 
@@ -18,6 +19,7 @@ import pytest
 import vmdatabase
 from localcloud.testing import max_overlap
 from devstackgate import cloud, config as configmod, image as imagemod, reap
+from devstackgate import lease as leasemod
 from devstackgate.drivers import openstack
 from tests.pool import BASE_IMAGE, Pool, cloud_config, make_base_dir, provider
 from tests.reap_helpers import (Fabricator, cloud_state, database_state, deletions, live_ours,
@@ -150,7 +152,7 @@ def test_reap_end_to_end(tmp_path, clouds_for, db_url):
     building, _, building_template = f.image('building', snapshot=False)
     # Nodes launch cannot produce.
     error, error_server = f.node('error', image_id=current.id)
-    stuck, stuck_server = f.node('building', now - 100, record=False, image_id=current.id)
+    stuck, stuck_server = f.node('building', now - 200, record=False, image_id=current.id)
     stale, stale_server = f.node('ready', image_id=older.id)
     aged, aged_server = f.node('ready', now - 25 * HOUR, image_id=current.id)
     dead, dead_server = f.node('delete', now - 60, image_id=current.id)
@@ -517,6 +519,8 @@ def test_a_launch_while_reaping_keeps_all_its_nodes(tmp_path, clouds_for, db_url
     _, err = launch.communicate(timeout=60)
     assert launch.returncode == 0, err
     assert 'rax precise: ready 3, building 0, launched 3, failed 0' in err
+    # A launch and a reap hold different leases: no reap waited for or skipped the launch.
+    assert not any('is held by' in out or ': skipped: ' in out for out in reaps), reaps
     ready = pool.nodes(provider='rax', state='ready')
     assert len(ready) == 3
     # Some runs saw the launch's nodes building (and its servers without a ready
@@ -667,3 +671,91 @@ def test_build_keypairs_and_vanished_images_go(tmp_path, clouds_for, sqlite_url)
     names = sorted(k.name for k in nova.keypairs.list())
     assert names == sorted(['dg-build-precise-rax-%d' % running.id, 'someone-elses-key'])
     assert pool.db.transact(lambda s: s.get_image(gone.id)).state == 'delete'
+
+
+# -- two reaps of one provider at once (the lease) -----------------------------------
+
+def reap_lease(pool, provider='rax'):
+    rows = pool.db.transact(lambda s: s.leases(provider=provider))
+    return next((r for r in rows if r.scope == 'reap'), None)
+
+
+def test_two_reaps_at_once_one_skips_and_nothing_is_counted_twice(tmp_path, clouds_for, db_url):
+    pool = make_pool(tmp_path, clouds_for, db_url, faults={'delete-latency': 2.0},
+                     **{'lease-wait': 0})
+    current = pool.seed_base_images('rax', 'precise')
+    f = Fabricator(pool)
+    _, doomed_server = f.node('used', time.time() - 9 * HOUR, image_id=current.id)
+    leaked = f.boot('dg-precise-rax-9999', node_meta('rax', 9999))
+    procs = [pool.popen('devstack-vm-reap.py', 'rax') for _ in range(2)]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    skipped = [i for i, err in enumerate(errs) if ': skipped: ' in err]
+    assert len(skipped) == 1, errs
+    holder, other = procs[1 - skipped[0]], errs[skipped[0]]
+    last = other.strip().splitlines()[-1]
+    assert last.startswith('devstack-vm-reap: provider rax: skipped: lease reap is held by '
+                           'host %s pid %d (reap) until ' % (socket.gethostname(), holder.pid)), last
+    assert deletions(errs[1 - skipped[0]]) == [('node', doomed_server, 'used-too-long', '')]
+    assert deletions(other) == []
+    assert pool.clouds['rax'].calls('DELETE /compute/v2.1/servers/{id}') == 1
+    (leak,) = pool.db.transact(lambda s: s.leaks(provider='rax'))
+    assert (leak.external_id, leak.sightings) == (leaked, 1)      # seen by one run, once
+    assert reap_lease(pool).token is None
+
+
+def test_a_dry_run_takes_no_lease_and_runs_beside_a_reap(tmp_path, clouds_for, db_url):
+    pool = make_pool(tmp_path, clouds_for, db_url, **{'lease-wait': 0})
+    current = pool.seed_base_images('rax', 'precise')
+    _, server = Fabricator(pool).node('used', time.time() - 9 * HOUR, image_id=current.id)
+    other = leasemod.Lease(pool.db, 'rax', leasemod.REAP, 'reap', 30).acquire(wait=0)
+    try:
+        proc = reap_script(pool, '--dry-run')
+        assert deletions(proc.stdout) == [('node', server, 'used-too-long', '')]
+        assert ('rax: a reap run, host %s pid %d (reap), holds the reap lease until '
+                % (other.host, other.pid)) in proc.stderr
+        assert reap_lease(pool).token == other.token
+        # A real run skips while it is held: exit 0, one line, nothing deleted.
+        proc = reap_script(pool)
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            'devstack-vm-reap: provider rax: skipped: lease reap is held by host ')
+        assert pool.clouds['rax'].calls('DELETE /compute/v2.1/servers/{id}') == 0
+    finally:
+        other.release()
+
+
+class LoseLeaseOnFirstDelete(reap.Reaper):
+    """A reaper whose lease another run takes while its first delete is under way."""
+
+    def _delete(self, step):
+        super()._delete(step)
+        if not getattr(self, 'stolen', False):
+            self.stolen = True
+            with self.db.session() as s:
+                s._execute('UPDATE leases SET token = ?, host = ? WHERE provider = ?',
+                           ['intruder', 'elsewhere', 'rax'])
+            self.lease.renew()          # what the heartbeat does next: finds it taken
+
+
+def test_a_reap_whose_lease_is_taken_starts_no_more_deletes(tmp_path, clouds_for, db_url):
+    pool = make_pool(tmp_path, clouds_for, db_url)
+    current = pool.seed_base_images('rax', 'precise')
+    f = Fabricator(pool)
+    for _ in range(3):
+        f.node('used', time.time() - 9 * HOUR, image_id=current.id)
+    config = dataclasses.replace(configmod.load(pool.config_path, environ=pool.env()),
+                                 reap_workers=1)
+    prov = config.provider('rax')
+    adapter = openstack.Adapter(prov, environ=pool.env())
+    lease = leasemod.Lease(pool.db, 'rax', leasemod.REAP, 'reap', 30).acquire(wait=0)
+    err = io.StringIO()
+    try:
+        with pytest.raises(leasemod.LeaseLost) as e:
+            LoseLeaseOnFirstDelete(config, prov, pool.db, adapter, out=io.StringIO(), err=err,
+                                   lease=lease).run()
+    finally:
+        lease.release()
+    assert str(e.value).startswith('provider rax: lease reap lost (taken by host elsewhere ')
+    assert pool.clouds['rax'].calls('DELETE /compute/v2.1/servers/{id}') == 1
+    assert ('deleted', 'used-too-long', 1) in table(err.getvalue())
+    assert reap_lease(pool).token == 'intruder'

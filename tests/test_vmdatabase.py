@@ -428,3 +428,33 @@ def test_index_migration_upgrades_a_version_5_database_and_the_stats_queries_use
         assert s.result_durations('rax', 'precise', ['success'], 0, 200, 0, 2) == [60.0]
         assert s.launch_counts(0, 200) == {('rax', 'precise', 'ready', None): (1, 1)}
         assert s.launch_seconds('rax', 'precise', ['ready'], 0, 200, 0, 1) == [42.0]
+
+
+def test_lease_migration_upgrades_a_version_6_database_and_the_lease_is_compare_and_set(
+        db_url, monkeypatch):
+    monkeypatch.setattr(vmdatabase, 'MIGRATIONS', [m for m in vmdatabase.MIGRATIONS if m[0] <= 6])
+    db = vmdatabase.Database(db_url).upgrade()
+    assert db.version() == 6
+    db.transact(lambda s: s.create_node('rax', 'precise'))
+    monkeypatch.undo()
+    db = vmdatabase.Database(db_url).upgrade()
+    assert db.version() == vmdatabase.schema_version() == 7
+    assert len(db.transact(lambda s: s.nodes())) == 1          # data kept
+    take = lambda token, ttl=30: db.transact(lambda s: s.acquire_lease(  # noqa: E731
+        'rax', 'launch', token, 'host-a', 11, 'launch', ttl))
+    taken, before, row, now = take('a')
+    assert taken and before.token is None and row.token == 'a'
+    assert (row.host, row.pid, row.stage, row.renewals) == ('host-a', 11, 'launch', 0)
+    assert row.acquired <= now < row.expires <= now + 30.5
+    assert not take('b')[0]                                     # held: not taken
+    assert db.transact(lambda s: s.renew_lease('rax', 'launch', 'a', 30))
+    assert not db.transact(lambda s: s.renew_lease('rax', 'launch', 'b', 30))
+    assert not db.transact(lambda s: s.release_lease('rax', 'launch', 'b'))
+    assert db.transact(lambda s: s.release_lease('rax', 'launch', 'a'))
+    assert db.transact(lambda s: s.leases())[0].token is None
+    # Free: taken at once; expired (a ttl in the past): taken over, and not renewable.
+    assert take('c', ttl=-1)[0]
+    assert not db.transact(lambda s: s.renew_lease('rax', 'launch', 'c', 30))
+    assert take('d')[0]
+    assert [(r.provider, r.scope, r.token) for r in db.transact(lambda s: s.leases('rax'))] == [
+        ('rax', 'launch', 'd')]

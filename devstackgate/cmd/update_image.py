@@ -4,7 +4,7 @@ import os
 import sys
 
 import vmdatabase
-from devstackgate import image
+from devstackgate import image, lease
 from devstackgate.cmd import common
 from devstackgate.errors import UsageError
 
@@ -40,6 +40,9 @@ def main(argv=None):
             return common.EXIT_OK
         outcome = image.run(config, args.provider, args.label, dry_run=args.dry_run,
                             devstack_dir=args.devstack_dir)
+        for label, e in outcome.items():
+            if isinstance(e, lease.LeaseHeld):      # skipped: not a failure (exit 0)
+                print('%s: %s' % (PROG, e), file=sys.stderr)
         failed = {label: e for label, e in outcome.items() if isinstance(e, image.BuildFailed)}
         for label, e in failed.items():
             print('%s: provider %s label %s: build failed (%s): %s; the previous image stays '
