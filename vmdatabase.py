@@ -864,11 +864,15 @@ class Database:
                 break
             except mysql.connector.Error as e:
                 left = deadline - time.monotonic()
-                if getattr(e, 'errno', None) not in _MYSQL_UNREACHABLE or left <= 0:
-                    raise DatabaseError('cannot connect to %s: %s' % (self.url, _mysql_message(e)))
+                unreachable = getattr(e, 'errno', None) in _MYSQL_UNREACHABLE
+                if not unreachable or left <= 0:
+                    error = DatabaseError('cannot connect to %s: %s'
+                                          % (self.url, _mysql_message(e)))
+                    error.unreachable = unreachable     # waited for already: not again
+                    raise error
                 if not warned:
                     log.warning('database %s does not answer (%s); trying again for up to '
-                                '%.0f s', self.url, _mysql_message(e), left)
+                                '%.1f s', self.url, _mysql_message(e), left)
                     warned = True
                 time.sleep(min(1.0, left))
         try:
@@ -1042,7 +1046,9 @@ class Database:
         """
         try:
             conn = self._connect()
-        except DatabaseError:       # busy, or not there yet: the upgrade finds out, retrying
+        except DatabaseError as e:  # busy, or not there yet: the upgrade finds out, retrying
+            if getattr(e, 'unreachable', False):
+                raise               # no server, after waiting db-reconnect-wait: do not wait twice
             return None
         try:
             cur = conn.cursor()

@@ -95,9 +95,9 @@ class Interrupted(BaseException):
         self.name = name
 
 
-def say(message, *args):
+def say(message, *args, prog=PROG):
     text = message % args if args else message
-    print('%s %s: %s' % (time.strftime(DATE_FORMAT), PROG, text), flush=True)
+    print('%s %s: %s' % (time.strftime(DATE_FORMAT), prog, text), flush=True)
 
 
 def plural(n, word, words=None):

@@ -72,15 +72,11 @@ class SoakError(Exception):
     """A one-line reason the soak cannot go on (exit 1; not a violation)."""
 
 
-class Interrupted(BaseException):
-    def __init__(self, name):
-        super().__init__(name)
-        self.name = name
+Interrupted = demo.Interrupted     # SIGTERM or SIGINT: unwind, stopping steps and clouds
 
 
 def say(message, *args):
-    text = message % args if args else message
-    print('%s %s: %s' % (time.strftime(demo.DATE_FORMAT), PROG, text), flush=True)
+    demo.say(message, *args, prog=PROG)
 
 
 # -- steps: one script run each ------------------------------------------------------------

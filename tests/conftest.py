@@ -17,6 +17,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MYSQL_ENV = 'DEVSTACK_GATE_TEST_MYSQL_URL'
 
+from bench.common import mysql_connect  # noqa: E402,F401  (the tests' admin connection too)
+
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -39,18 +41,6 @@ def mysql_server_url():
     return url
 
 
-def mysql_connect(server_url, database=None):
-    import mysql.connector
-    u = urllib.parse.urlsplit(server_url)
-    q = urllib.parse.parse_qs(u.query)
-    kw = {'user': u.username or 'root', 'autocommit': True}
-    if 'unix_socket' in q:
-        kw['unix_socket'] = q['unix_socket'][0]
-    else:
-        kw.update(host=u.hostname or '127.0.0.1', port=u.port or 3306)
-    if database:
-        kw['database'] = database
-    return mysql.connector.connect(**kw)
 
 
 def mysql_database_url(server_url, name):
