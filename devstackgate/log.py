@@ -23,7 +23,7 @@ LIBRARIES = ('keystoneauth', 'novaclient', 'glanceclient', 'paramiko', 'urllib3'
 _configured = False
 
 
-def _libraries_filter(verbose):
+def libraries_filter(verbose):
     """On our handler: a library's record, whatever its level, is a debug line."""
     import logging
 
@@ -50,7 +50,7 @@ def setup(verbose=False, stream=None):
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
-    handler.addFilter(_libraries_filter(verbose))
+    handler.addFilter(libraries_filter(verbose))
     root.addHandler(handler)
     root.setLevel(level)
     for name in LIBRARIES:      # not even made into records unless asked for

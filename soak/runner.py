@@ -41,6 +41,7 @@ import argparse
 import collections
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -55,6 +56,7 @@ import yaml
 import vmdatabase
 from devstackgate import config as configmod
 from devstackgate import demo
+from devstackgate import log as logmod
 from soak import invariants, profiles, schedule
 from soak.invariants import Violation
 
@@ -1007,12 +1009,25 @@ def parse_args(argv):
     return args, profile
 
 
+def log_warnings():
+    """The soak's own database reads may warn (a MariaDB restart): as soak lines, with
+    the libraries' noise kept off, like every other line it prints."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter('%(asctime)s ' + PROG + ': %(name)s: %(message)s',
+                                           demo.DATE_FORMAT))
+    handler.addFilter(logmod.libraries_filter(False))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
 def main(argv=None):
     try:
         args, profile = parse_args(argv)
     except SystemExit as e:
         return e.code
     soak = Soak(args, profile)
+    log_warnings()
     if args.plan:
         print(json.dumps(soak.plan, indent=1, sort_keys=True))
         return EXIT_OK
