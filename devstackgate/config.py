@@ -609,11 +609,7 @@ def clouds_yaml_path(environ=None):
     environ = os.environ if environ is None else environ
     if environ.get(CLOUDS_YAML_ENV):
         return environ[CLOUDS_YAML_ENV]
-    for candidate in CLOUDS_YAML_PATHS:
-        candidate = os.path.expanduser(candidate)
-        if os.path.exists(candidate):
-            return candidate
-    return None
+    return config_cache.first_existing(CLOUDS_YAML_PATHS)
 
 
 def cloud_names(environ=None):

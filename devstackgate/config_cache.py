@@ -50,6 +50,15 @@ SETTINGS = ('database', 'db_lock_timeout', 'db_retries', 'db_idle_reuse', 'db_re
             'fetch_poll')
 
 
+def first_existing(paths):
+    """The first of `paths` (~ expanded) that exists, or None."""
+    for candidate in paths:
+        candidate = os.path.expanduser(candidate)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
 def find_config_path(path=None, environ=None):
     """--config, else $DEVSTACK_GATE_CONFIG, else the first default that exists."""
     environ = os.environ if environ is None else environ
@@ -57,10 +66,9 @@ def find_config_path(path=None, environ=None):
         return path
     if environ.get(CONFIG_ENV):
         return environ[CONFIG_ENV]
-    for candidate in DEFAULT_CONFIG_PATHS:
-        candidate = os.path.expanduser(candidate)
-        if os.path.exists(candidate):
-            return candidate
+    found = first_existing(DEFAULT_CONFIG_PATHS)
+    if found:
+        return found
     raise ConfigError([
         'no configuration file: give --config, set $%s, or create one of %s'
         % (CONFIG_ENV, ', '.join(DEFAULT_CONFIG_PATHS))])
