@@ -413,6 +413,18 @@ class Session:
         sql += ' ORDER BY ' + order
         return [cls(*row) for row in self._execute(sql, params).fetchall()]
 
+    def _select_matching(self, cls, order='id', **fields):
+        """The rows whose columns equal `fields` exactly (a list: one of its values).
+
+        MariaDB's default collation compares text case-insensitively and ignores
+        trailing spaces, so its match alone could be another row ("rax " for
+        "rax"): the rows it returns are checked here as SQLite compares."""
+        where, params = self._filters(**fields)
+        wanted = {c: (set(v) if isinstance(v, (list, tuple, set, frozenset)) else {v})
+                  for c, v in fields.items() if v is not None}
+        return [row for row in self._select(cls, where, params, order=order)
+                if all(getattr(row, c) in values for c, values in wanted.items())]
+
     def _insert(self, table, values):
         cols = sorted(values)
         sql = 'INSERT INTO %s (%s) VALUES (%s)' % (
@@ -494,8 +506,8 @@ class Session:
         return rows[0] if rows else None
 
     def nodes(self, provider=None, label=None, state=None, name=None, order='id'):
-        where, params = self._filters(provider=provider, label=label, state=state, name=name)
-        return self._select(Node, where, params, order=order)
+        return self._select_matching(Node, order=order, provider=provider, label=label,
+                                     state=state, name=name)
 
     def update_node(self, node_id, **fields):
         """Change columns of a node other than its state (see transition())."""
@@ -529,8 +541,8 @@ class Session:
         return rows[0] if rows else None
 
     def images(self, provider=None, label=None, state=None, order='id'):
-        where, params = self._filters(provider=provider, label=label, state=state)
-        return self._select(Image, where, params, order=order)
+        return self._select_matching(Image, order=order, provider=provider, label=label,
+                                     state=state)
 
     def update_image(self, image_id, **fields):
         """Change columns of an image other than its state (see transition())."""
@@ -557,8 +569,7 @@ class Session:
         return rows[0] if rows else None
 
     def results(self, node_id=None, result=None):
-        where, params = self._filters(node_id=node_id, result=result)
-        return self._select(Result, where, params)
+        return self._select_matching(Result, node_id=node_id, result=result)
 
     def results_between(self, since, until=None):
         """The results of gate runs started at or after `since` (and, given
@@ -580,12 +591,19 @@ class Session:
         """end_time - start_time of the runs of provider and label with one of
         `results` and an end time, started in [since, until]: shortest first,
         `limit` of them from `offset` (so a median reads one or two rows)."""
-        results = list(results)
-        sql = ('SELECT end_time - start_time AS seconds FROM results '
-               'WHERE provider = ? AND label = ? AND start_time >= ? AND start_time <= ? '
-               'AND end_time IS NOT NULL AND result IN (%s) ORDER BY seconds LIMIT ? OFFSET ?'
-               % ', '.join('?' for _ in results))
-        params = [provider, label, since, until] + results + [int(limit), int(offset)]
+        return self._sorted_seconds('end_time - start_time', 'results', 'start_time',
+                                    'end_time IS NOT NULL', 'result', results,
+                                    provider, label, since, until, offset, limit)
+
+    def _sorted_seconds(self, expr, table, when, present, kind, kinds, provider, label,
+                        since, until, offset, limit):
+        """`expr` of one provider and label's rows with `kind` in `kinds` and `when` in
+        [since, until], shortest first, `limit` from `offset` (a median's one or two)."""
+        kinds = list(kinds)
+        sql = ('SELECT %s AS seconds FROM %s WHERE provider = ? AND label = ? '
+               'AND %s >= ? AND %s <= ? AND %s AND %s IN (%s) ORDER BY seconds LIMIT ? OFFSET ?'
+               % (expr, table, when, when, present, kind, ', '.join('?' for _ in kinds)))
+        params = [provider, label, since, until] + kinds + [int(limit), int(offset)]
         return [row[0] for row in self._execute(sql, params).fetchall()]
 
     def finish_result(self, result_id, result, now=None):
@@ -618,8 +636,7 @@ class Session:
         return self.leaks(provider, kind)
 
     def leaks(self, provider=None, kind=None):
-        where, params = self._filters(provider=provider, kind=kind)
-        return self._select(Leak, where, params)
+        return self._select_matching(Leak, provider=provider, kind=kind)
 
     # -- label switches ---------------------------------------------------
     def disable_label(self, label, reason, set_by=None, now=None):
@@ -665,8 +682,7 @@ class Session:
 
     def image_pauses(self, label=None):
         """[ImagePause] of the labels whose builds are paused at run time."""
-        where, params = self._filters(label=label)
-        return self._select(ImagePause, where, params, order='label, id')
+        return self._select_matching(ImagePause, order='label, id', label=label)
 
     # -- launch history ---------------------------------------------------
     def record_launch(self, provider, label, node_id, outcome, reason, seconds, now=None):
@@ -703,13 +719,9 @@ class Session:
     def launch_seconds(self, provider, label, outcomes, since, until, offset, limit):
         """The seconds of the launches of provider and label with one of `outcomes`
         that ended in [since, until]: shortest first, `limit` from `offset`."""
-        outcomes = list(outcomes)
-        sql = ('SELECT seconds FROM launches WHERE provider = ? AND label = ? '
-               'AND finished >= ? AND finished <= ? AND seconds IS NOT NULL '
-               'AND outcome IN (%s) ORDER BY seconds LIMIT ? OFFSET ?'
-               % ', '.join('?' for _ in outcomes))
-        params = [provider, label, since, until] + outcomes + [int(limit), int(offset)]
-        return [row[0] for row in self._execute(sql, params).fetchall()]
+        return self._sorted_seconds('seconds', 'launches', 'finished', 'seconds IS NOT NULL',
+                                    'outcome', outcomes, provider, label, since, until,
+                                    offset, limit)
 
 
     # -- leases -----------------------------------------------------------
@@ -755,8 +767,7 @@ class Session:
 
     def leases(self, provider=None):
         """[Lease] rows, held or free, by provider and scope."""
-        where, params = self._filters(provider=provider)
-        return self._select(Lease, where, params, order='provider, scope')
+        return self._select_matching(Lease, order='provider, scope', provider=provider)
 
 
 class Database:

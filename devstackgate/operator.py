@@ -117,9 +117,7 @@ def find_node(db, ref):
             node = s.get_node(int(ref))
             if node is not None:
                 return [node]
-        # Exactly this name: MariaDB's default collation compares case-insensitively and
-        # ignores trailing spaces, so its match alone could be another node.
-        return [n for n in s.nodes(name=ref) if n.name == ref]
+        return s.nodes(name=ref)          # exactly this name (Session checks the match)
     found = db.transact(tx)
     if not found:
         raise GateError('node %r: no node with this id or name in database %s' % (ref, db))

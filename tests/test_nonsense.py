@@ -15,12 +15,13 @@ import time
 
 import pytest
 
-from devstackgate import cloud, config
+from devstackgate import cloud
 from devstackgate.drivers import openstack
 from devstackgate.errors import ConfigError
 from localcloud import faults
 from localcloud.testing import local_clouds
 from tests.pool import BASE_IMAGE, ROOT, Pool, cloud_config, make_base_dir, provider
+from tests.test_cloud import adapter_for
 
 LIST = 'GET /compute/v2.1/servers/detail'
 IMAGES = 'GET /image/v2/images'
@@ -45,14 +46,6 @@ def rax(local):
     local['rax'].set_faults({'nonsense': None, 'paging': 'normal', 'api-latency': 0})
 
 
-def adapter_for(lc, **overrides):
-    data = {'providers': [dict({'name': 'rax', 'cloud': 'rax', 'api-rate': 0, 'api-backoff': 0.01,
-                                'api-timeout': 10,
-                                'images': [{'name': 'precise', 'base-image': BASE_IMAGE}]},
-                               **overrides)]}
-    env = {'OS_CLIENT_CONFIG_FILE': lc.clouds_yaml}
-    cfg = config.validate(data, 'test.yaml', environ=env)
-    return cloud.connect(cfg.providers[0], environ=env)
 
 
 @pytest.fixture(scope='module')

@@ -458,3 +458,17 @@ def test_lease_migration_upgrades_a_version_6_database_and_the_lease_is_compare_
     assert take('d')[0]
     assert [(r.provider, r.scope, r.token) for r in db.transact(lambda s: s.leases('rax'))] == [
         ('rax', 'launch', 'd')]
+
+
+def test_filters_match_exactly_whatever_the_collation(db_url):
+    """MariaDB's default collation would match 'RAX' or 'rax ' to 'rax'; a filter never does."""
+    db = vmdatabase.Database(db_url).upgrade()
+    db.transact(lambda s: s.create_node('rax', 'precise', state='ready', name='n1'))
+    db.transact(lambda s: s.create_image('rax', 'precise', state='ready'))
+    for provider, label, name in (('RAX', None, None), ('rax ', None, None),
+                                  (None, 'Precise', None), (None, None, 'N1'),
+                                  (None, None, 'n1 ')):
+        assert db.transact(lambda s: s.nodes(provider=provider, label=label, name=name)) == []
+    assert db.transact(lambda s: s.images(provider='Rax')) == []
+    assert [n.name for n in db.transact(lambda s: s.nodes(provider=['rax', 'x'], name='n1'))] \
+        == ['n1']
