@@ -68,13 +68,15 @@ class NodeHost:
     accepted but the SSH banner is never sent, so clients time out waiting.
     A NodeHost is started once; after ``stop()`` make a new one (the host key
     can be passed on so a "rebooted" node keeps its identity).
+    ``environment`` is a dict of extra variables every command gets (the
+    client's accepted LANG/LC_* values still override them).
     """
 
     def __init__(self, address, port, root, users, host_key=None,
                  reachable=True, command_timeout=3600.0, *,
                  login_grace_time=LOGIN_GRACE_TIME,
                  max_connections=MAX_CONNECTIONS,
-                 max_sessions=MAX_SESSIONS):
+                 max_sessions=MAX_SESSIONS, environment=None):
         self.address = address
         self.port = port
         self.root = os.path.abspath(root)
@@ -83,6 +85,7 @@ class NodeHost:
         self.login_grace_time = login_grace_time
         self.max_connections = max_connections
         self.max_sessions = max_sessions
+        self.environment = dict(environment or {})
         if host_key is None:
             host_key = paramiko.ECDSAKey.generate(bits=256)
         self.host_key = host_key
@@ -427,6 +430,7 @@ class _Server(paramiko.ServerInterface):
             "SSH_CONNECTION": "%s %s %s %s" % (self.peer[0], self.peer[1],
                                                node.address, node.port),
         }
+        env.update(node.environment)
         for name, value in self.env.pop(channel, {}).items():
             env[name] = value.decode("utf-8", "replace") \
                 if isinstance(value, bytes) else value
