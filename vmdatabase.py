@@ -202,6 +202,24 @@ MIGRATIONS = [
             PRIMARY KEY (provider, scope)
         )""",
     ]),
+    # Bare-metal hosts (devstackgate.drivers.baremetal): machines that are
+    # never created or deleted, only handed to one node at a time and reset
+    # after it.  A row per configured host once first seen; allocation is the
+    # "server id" of its current use (a node row's external_id), NULL when free.
+    (8, [
+        """CREATE TABLE hosts (
+            provider VARCHAR(255) NOT NULL,
+            name VARCHAR(255) NOT NULL,
+            allocation VARCHAR(255),
+            metadata {text},
+            allocated DOUBLE,
+            verified INTEGER NOT NULL,
+            resetting DOUBLE,
+            reset_at DOUBLE,
+            reason {text},
+            PRIMARY KEY (provider, name)
+        )""",
+    ]),
 ]
 
 
@@ -310,6 +328,20 @@ class Lease:
 
 
 @dataclasses.dataclass(frozen=True)
+class Host:
+    """A bare-metal machine of a provider of kind baremetal, and the use it is in."""
+    provider: str
+    name: str
+    allocation: str         # the server id of its current use; None when free
+    metadata: str           # JSON: the tags of that use (dg-provider, dg-node-id, ...)
+    allocated: float        # when that use began
+    verified: int           # 1 once it answered, clean, in this use (so it was reset, or new)
+    resetting: float        # when a reset of this use was started (None: none running)
+    reset_at: float         # when its last reset was asked for (None: never since set-up)
+    reason: str             # why it last failed to come back or to reset, else None
+
+
+@dataclasses.dataclass(frozen=True)
 class Leak:
     """An untracked server or image of ours, as seen by consecutive reap runs."""
     id: int
@@ -328,7 +360,7 @@ def _columns(cls):
 
 _TABLES = {Node: 'nodes', Image: 'images', Result: 'results', Leak: 'leaks',
            LabelSwitch: 'label_switches', ImagePause: 'image_pauses', Launch: 'launches',
-           Lease: 'leases'}
+           Lease: 'leases', Host: 'hosts'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -768,6 +800,36 @@ class Session:
     def leases(self, provider=None):
         """[Lease] rows, held or free, by provider and scope."""
         return self._select_matching(Lease, order='provider, scope', provider=provider)
+
+    # -- bare-metal hosts (devstackgate.drivers.baremetal) ----------------
+    def hosts(self, provider):
+        """[Host] rows of one provider, by name."""
+        return self._select_matching(Host, order='name', provider=provider)
+
+    def add_host(self, provider, name):
+        """A configured host seen for the first time: free, and trusted to be clean
+        (its one-time set-up ended in a fresh snapshot)."""
+        self._insert('hosts', {'provider': provider, 'name': name, 'verified': 0})
+
+    def update_host(self, host, **fields):
+        """Change a Host row only if its allocation and reset are still as read
+        (compare-and-set: a launch, a gate and a reaper may act on one host);
+        returns whether it happened."""
+        bad = (set(fields) - set(_columns(Host))) | ({'provider', 'name'} & set(fields))
+        if bad:
+            raise ValueError('cannot set host column(s): %s' % ', '.join(sorted(bad)))
+        cols = sorted(fields)
+        sql = 'UPDATE hosts SET %s WHERE provider = ? AND name = ?' % ', '.join(
+            '%s = ?' % c for c in cols)
+        params = [fields[c] for c in cols] + [host.provider, host.name]
+        for column in ('allocation', 'resetting'):
+            value = getattr(host, column)
+            if value is None:
+                sql += ' AND %s IS NULL' % column
+            else:
+                sql += ' AND %s = ?' % column
+                params.append(value)
+        return self._execute(sql, params).rowcount == 1
 
 
 class Database:

@@ -37,7 +37,8 @@ from devstackgate.errors import GateError
 log = logging.getLogger('cloud')
 
 #: kind -> the driver module that implements it (imported only when connecting).
-DRIVERS = {'openstack': 'devstackgate.drivers.openstack'}
+DRIVERS = {'openstack': 'devstackgate.drivers.openstack',
+           'baremetal': 'devstackgate.drivers.baremetal'}
 
 SERVER_STATES = ('building', 'active', 'error', 'gone')
 IMAGE_STATES = ('pending', 'active', 'failed', 'gone')
@@ -174,6 +175,12 @@ class Adapter:
     Every method may raise :class:`CloudError` (or a subclass): the call was
     retried as far as api-retries and api-timeout allow, and failed for good.
     """
+
+    @property
+    def builds_images(self):
+        """False for a kind whose nodes boot from their own disk (bare metal): launch
+        then needs no image row, and update-image has nothing to build."""
+        return self.provider.builds_images
 
     def __init__(self, provider, sleep=time.sleep, clock=time.monotonic):
         self.provider = provider
@@ -362,7 +369,9 @@ class Adapter:
             return False
 
 
-def connect(provider, environ=None):
-    """The adapter of one provider, by its kind."""
+def connect(provider, environ=None, db=None):
+    """The adapter of one provider, by its kind.  db: the pool's database, for a
+    kind that keeps state of its own there (bare metal: which host is in which
+    use); without it such a driver opens the configured one."""
     module = importlib.import_module(DRIVERS[provider.kind])
-    return module.Adapter(provider, environ=environ)
+    return module.Adapter(provider, environ=environ, db=db)

@@ -11,6 +11,8 @@ Credentials never live here: a provider names an entry of clouds.yaml (the
 OpenStack convention), found on the usual search path or $OS_CLIENT_CONFIG_FILE.
 """
 
+import base64
+import binascii
 import dataclasses
 import os
 import re
@@ -39,6 +41,7 @@ NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*\Z')    # \Z: no name ends in 
 BRANCH_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.+/-]*')
 PROJECT_RE = re.compile(r'/?[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*/?')
 KEYPAIR_RE = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_-]*')   # what Nova accepts in a keypair name
+ADDRESS_RE = re.compile(r'[A-Za-z0-9][A-Za-z0-9.:-]*')    # a host's IP address or DNS name
 #: Sample values a name format is rendered with to check the names it makes.
 FORMAT_SAMPLE = dict(prefix='dg', label='precise', provider='rax', id=12345,
                      timestamp='20130101T000000Z')
@@ -56,7 +59,7 @@ REQUIRED = _Missing()
 class Key:
     """One row of a validation table."""
     kind: str                 # 'str', 'int', 'number', 'bool', 'list', 'strlist', 'name', 'mapping',
-    #                           'format', 'branch', 'projects', 'source', 'keypair'
+    #                           'format', 'branch', 'projects', 'source', 'keypair', 'address'
     default: object = REQUIRED
     minimum: float = None
     choices: tuple = None     # allowed values; for 'format', the allowed {fields}
@@ -72,6 +75,7 @@ class Key:
             'projects': 'a list of project paths such as openstack/nova',
             'source': 'a URL or a directory, on one line and not beginning with "-"',
             'keypair': 'a keypair name of letters, digits, "_" or "-"',
+            'address': 'an IP address or DNS name',
         }[self.kind]
         if self.kind == 'format':
             what = ('a name format using {%s} and only %s, otherwise letters, digits, ".", "_" '
@@ -178,7 +182,35 @@ OPENSTACK_KEYS = {
                    doc='keypair name in the cloud; default PREFIX-PROVIDER, with any "." '
                        'of the provider name made "-"'),
 }
-KIND_KEYS = {'openstack': OPENSTACK_KEYS}
+BAREMETAL_KEYS = {
+    'hosts': Key('list', doc='the machines, see providers[].hosts[]; they are never created or '
+                             'deleted, only reset after each use'),
+    'reset-command': Key('str', 'sudo -n /usr/local/sbin/baremetal-reset.sh',
+                         doc='run on a host over SSH after each use; it must return at once '
+                             'and reset the host in the background (node-setup/baremetal-reset.sh '
+                             'does, by LVM snapshot and kexec)'),
+    'reset-timeout': Key('number', 600, minimum=1,
+                         doc='seconds a host may take to come back, clean, from its reset '
+                             '(or, new, to answer) before it is marked error'),
+    'reset-command-timeout': Key('number', 120, minimum=1,
+                                 doc='seconds the reset command may run'),
+    'probe-timeout': Key('number', 5, minimum=0.1,
+                         doc='seconds one SSH probe of a host coming back may take'),
+    'probe-interval': Key('number', 1, minimum=0,
+                          doc='least seconds between two probes of one host'),
+}
+HOST_KEYS = {
+    'name': Key('name', None, doc='default: the address'),
+    'address': Key('address', doc='reached by SSH on the provider\'s ssh-port'),
+    'label': Key('name', doc='the label its nodes are'),
+    'username': Key('name', 'jenkins', doc='SSH user; the pool key must be authorized for it'),
+    'host-key': Key('str', None,
+                    doc='its SSH host key ("ssh-ed25519 AAAA...") or the key\'s fingerprint '
+                        '("SHA256:..."); unset: the key first seen is recorded and pinned'),
+    'reset-command': Key('str', None, doc='default: the provider\'s reset-command'),
+    'reset-timeout': Key('number', None, minimum=1, doc='default: the provider\'s reset-timeout'),
+}
+KIND_KEYS = {'openstack': OPENSTACK_KEYS, 'baremetal': BAREMETAL_KEYS}
 
 PROVIDER_KEYS = {
     'name': Key('name'),
@@ -215,6 +247,15 @@ IMAGE_KEYS = {
     'validate': Key('str', None,
                     doc='extra command a canary node of a new image must pass'),
 }
+
+# A bare-metal label: its nodes are its hosts, reset to their own pristine root, so
+# nothing is built (no base image, flavor, setup or canary).
+BAREMETAL_IMAGE_KEYS = {
+    'name': Key('name', doc='a label of its hosts'),
+    'min-ready': Key('int', None, minimum=0, doc='default: every host of the label'),
+    'ready-check': IMAGE_KEYS['ready-check'],
+}
+KIND_IMAGE_KEYS = {'openstack': IMAGE_KEYS, 'baremetal': BAREMETAL_IMAGE_KEYS}
 
 GATE_KEYS = {
     'labels': Key('strlist', ('precise',),
@@ -259,7 +300,36 @@ class OpenStackSettings:
     keypair: str
 
 
-KIND_SETTINGS = {'openstack': OpenStackSettings}
+@dataclasses.dataclass(frozen=True)
+class HostConfig:
+    name: str
+    address: str
+    label: str
+    username: str
+    host_key: str           # a key line, a "SHA256:..." fingerprint, or None
+    reset_command: str      # the provider's unless the host has its own
+    reset_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BareMetalSettings:
+    hosts: tuple            # HostConfig
+    reset_command: str
+    reset_timeout: float
+    reset_command_timeout: float
+    probe_timeout: float
+    probe_interval: float
+    database: str           # the pool's database (where the hosts' uses are kept)
+    ssh_private_key: str    # the pool's key, which logs in to reset and probe
+
+    def host(self, name):
+        return next((h for h in self.hosts if h.name == name), None)
+
+
+KIND_SETTINGS = {'openstack': OpenStackSettings, 'baremetal': BareMetalSettings}
+#: Whether a kind's nodes boot from images we build (bare metal: from the host's own
+#: pristine root, so update-image has nothing to do and launch needs no image row).
+KIND_BUILDS_IMAGES = {'openstack': True, 'baremetal': False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +346,10 @@ class ProviderConfig:
     giftable: bool
     images: tuple
     settings: object        # the kind's own settings (OpenStackSettings, ...)
+
+    @property
+    def builds_images(self):
+        return KIND_BUILDS_IMAGES[self.kind]
 
     def image(self, label):
         for image in self.images:
@@ -400,8 +474,12 @@ def validate(data, path, check_clouds=True, environ=None):
             errors.append('%s: %s: expected a mapping, got %s' % (path, where, _typename(pdata)))
             continue
         # An unknown kind is reported once, not again as every key of a known kind.
-        kind_keys = KIND_KEYS.get(pdata.get('kind', PROVIDER_KEYS['kind'].default)) or {
-            k: v for table in KIND_KEYS.values() for k, v in table.items()}
+        kind = pdata.get('kind', PROVIDER_KEYS['kind'].default)
+        kind_keys = KIND_KEYS.get(kind) or {
+            k: dataclasses.replace(v, default=None)
+            for table in KIND_KEYS.values() for k, v in table.items()}
+        if kind == 'baremetal' and 'images' not in pdata:
+            pdata = dict(pdata, images=[{'name': label} for label in _host_labels(pdata)])
         p = _section(pdata, dict(PROVIDER_KEYS, **kind_keys), where + '.', path, errors)
         if p.get('name') in seen:
             errors.append('%s: %s.name: duplicate provider name %r' % (path, where, p['name']))
@@ -419,7 +497,8 @@ def validate(data, path, check_clouds=True, environ=None):
                 continue
             entries.extend(expand_axes(idata, iwhere, path, errors))
         for iwhere, idata in entries:
-            im = _section(idata, IMAGE_KEYS, iwhere + '.', path, errors)
+            im = _section(idata, KIND_IMAGE_KEYS.get(kind, IMAGE_KEYS), iwhere + '.', path,
+                          errors)
             if im.get('name') in seen_images:
                 errors.append('%s: %s.name: duplicate image name %r in provider %r'
                               % (path, iwhere, im['name'], p.get('name')))
@@ -432,6 +511,8 @@ def validate(data, path, check_clouds=True, environ=None):
                                   % (path, iwhere, e))
             images.append(im)
         p['images'] = images
+        if kind == 'baremetal':
+            _check_hosts(p, pdata, where, path, errors)
         providers.append(p)
     if 'providers' in top and not top['providers']:
         errors.append('%s: providers: expected at least one provider' % path)
@@ -455,13 +536,115 @@ def validate(data, path, check_clouds=True, environ=None):
 def _build_provider(p, top):
     kind = p['kind']
     values = dict(p)
+    extra = {}
+    images = p['images']
     if kind == 'openstack':
         # Nova refuses a '.' in a keypair name (provider rax.dfw: keypair dg-rax-dfw).
         values['keypair'] = p['keypair'] or re.sub(
             r'[^A-Za-z0-9_-]', '-', '%s-%s' % (top['node-prefix'], p['name']))
+    elif kind == 'baremetal':
+        values['hosts'] = tuple(_build(HostConfig, h, HOST_KEYS) for h in p['hosts'])
+        extra = dict(database=top['database'],
+                     ssh_private_key=os.path.expanduser(top['ssh-private-key']))
+        images = [dict(_BAREMETAL_IMAGE_DEFAULTS, **im) for im in images]
     return _build(ProviderConfig, p, PROVIDER_KEYS,
-                  settings=_build(KIND_SETTINGS[kind], values, KIND_KEYS[kind]),
-                  images=tuple(_build(ImageConfig, im, IMAGE_KEYS) for im in p['images']))
+                  settings=_build(KIND_SETTINGS[kind], values, KIND_KEYS[kind], **extra),
+                  images=tuple(_build(ImageConfig, im, IMAGE_KEYS) for im in images))
+
+
+# What a bare-metal label's ImageConfig holds for the keys it has no use for.
+_BAREMETAL_IMAGE_DEFAULTS = {'axes': None, 'base-image': None, 'min-ram': 0, 'setup': (),
+                             'paused': False, 'validate': None}
+HOST_KEY_TYPES = ('ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384',
+                  'ecdsa-sha2-nistp521')
+FINGERPRINT_RE = re.compile(r'SHA256:[A-Za-z0-9+/]{43}=?')
+
+
+def _host_labels(pdata):
+    """The labels of a bare-metal provider's hosts, in the order first listed."""
+    hosts = pdata.get('hosts')
+    labels = [h.get('label') for h in hosts if isinstance(h, dict)] if isinstance(
+        hosts, list) else []
+    return list(dict.fromkeys(label for label in labels if isinstance(label, str)))
+
+
+def _check_hosts(p, pdata, where, path, errors):
+    """A bare-metal provider's hosts, and what follows from them: each label's
+    min-ready (default: all its hosts) and SSH user, and max-servers (default:
+    the number of hosts)."""
+    hosts, names, addresses = [], {}, {}
+    if 'hosts' in p and not p['hosts']:
+        errors.append('%s: %s.hosts: a bare-metal provider needs at least one host' % (path, where))
+    for j, hdata in enumerate(p.get('hosts') or ()):
+        hwhere = '%s.hosts[%d]' % (where, j)
+        if not isinstance(hdata, dict):
+            errors.append('%s: %s: expected a mapping, got %s' % (path, hwhere, _typename(hdata)))
+            continue
+        h = _section(hdata, HOST_KEYS, hwhere + '.', path, errors)
+        if 'address' not in h or 'label' not in h:
+            continue
+        h['name'] = h['name'] or h['address']
+        if not NAME_RE.match(h['name']):
+            errors.append('%s: %s.name: %r is not a name; give the host a name'
+                          % (path, hwhere, h['name']))
+        # MariaDB compares names case-blind: two hosts must differ in more than case.
+        for seen, key, what in ((names, h['name'].lower(), 'name'),
+                                (addresses, h['address'].lower(), 'address')):
+            if key in seen:
+                errors.append('%s: %s.%s: %r is also %s.%s' % (path, hwhere, what, h[what],
+                                                               seen[key], what))
+            seen[key] = hwhere
+        key = h['host-key']
+        if key is not None and not FINGERPRINT_RE.fullmatch(key) and not _is_key_line(key):
+            errors.append('%s: %s.host-key: expected "TYPE BASE64" (%s) or "SHA256:..." '
+                          '(ssh-keygen -lf), got %r' % (path, hwhere, ', '.join(HOST_KEY_TYPES),
+                                                         key[:40]))
+        h['reset-command'] = h['reset-command'] or p.get('reset-command')
+        h['reset-timeout'] = h['reset-timeout'] or p.get('reset-timeout')
+        hosts.append((hwhere, h))
+    p['hosts'] = [h for _, h in hosts]
+    by_label = {}
+    for hwhere, h in hosts:
+        by_label.setdefault(h['label'], []).append((hwhere, h))
+    labels = {im.get('name') for im in p['images']}
+    for hwhere, h in hosts:
+        if h['label'] not in labels:
+            errors.append('%s: %s.label: %r is not one of the provider\'s images: %s'
+                          % (path, hwhere, h['label'], ', '.join(sorted(map(str, labels)))))
+    for j, im in enumerate(p['images']):
+        members = by_label.get(im.get('name'), [])
+        if not members:
+            if hosts:
+                errors.append('%s: %s.images[%d].name: no host has label %r'
+                              % (path, where, j, im.get('name')))
+            continue
+        users = {h['username'] for _, h in members}
+        if len(users) > 1:
+            errors.append('%s: %s: the hosts of label %r log in as different users (%s); a '
+                          'label has one' % (path, where, im['name'], ', '.join(sorted(users))))
+        im['username'] = members[0][1]['username']
+        if im.get('min-ready') is None:
+            im['min-ready'] = len(members)
+        elif im['min-ready'] > len(members):
+            errors.append('%s: %s.images[%d].min-ready: %d, but only %d host(s) have label %r'
+                          % (path, where, j, im['min-ready'], len(members), im['name']))
+    if 'max-servers' not in pdata:
+        p['max-servers'] = len(hosts)
+    elif p.get('max-servers', 0) > len(hosts):
+        errors.append('%s: %s.max-servers: %d, but the provider lists %d host(s)'
+                      % (path, where, p['max-servers'], len(hosts)))
+
+
+def _is_key_line(text):
+    kind, _, body = text.partition(' ')
+    body = body.split(' ')[0]
+    if kind not in HOST_KEY_TYPES or not body:
+        return False
+    try:
+        base64.b64decode(body, validate=True)
+    except (ValueError, binascii.Error):
+        return False
+    return True
 
 
 def expand_axes(data, where, path, errors):
@@ -594,6 +777,9 @@ def _check(value, spec):
         if (not isinstance(value, str) or not value or value.startswith('-')
                 or any(ord(c) < 32 or ord(c) == 127 for c in value)):
             return shown if value != '' else 'an empty string'
+    elif kind == 'address':
+        if not isinstance(value, str) or not ADDRESS_RE.fullmatch(value):
+            return shown if value != '' else 'an empty string'
     elif kind == 'keypair':
         if not isinstance(value, str) or not KEYPAIR_RE.fullmatch(value):
             return shown if value != '' else 'an empty string'
@@ -658,6 +844,8 @@ def _check_database(url, path, errors):
 
 
 def _check_clouds(providers, path, errors, environ):
+    if not any(p.get('kind') == 'openstack' for p in providers):
+        return                  # bare metal only: no clouds.yaml is needed
     cpath, names = cloud_names(environ)
     for i, p in enumerate(providers):
         cloud = p.get('cloud') if p.get('kind') == 'openstack' else None
@@ -684,6 +872,10 @@ def reference():
                                  *(('providers[] of kind %s' % kind, 'providers[].', table)
                                    for kind, table in KIND_KEYS.items()),
                                  ('providers[].images[]', 'providers[].images[].', IMAGE_KEYS),
+                                 ('providers[].images[] of kind baremetal', 'providers[].images[].',
+                                  BAREMETAL_IMAGE_KEYS),
+                                 ('providers[].hosts[] (kind baremetal)', 'providers[].hosts[].',
+                                  HOST_KEYS),
                                  ('gate', 'gate.', GATE_KEYS)):
         out.append('``%s``' % title)
         out.append('')

@@ -496,6 +496,10 @@ def run(config, provider_name, label=None, dry_run=False, devstack_dir=None, db=
         for entry in image.setup:
             resolve_setup(config, entry)
     adapter = adapter or cloud.connect(provider)
+    if not adapter.builds_images:
+        log.info('%s: a %s provider builds no images: its nodes reset to their own pristine '
+                 'root; nothing to do', provider.name, provider.kind)
+        return {image.name: 'not-built' for image in images}
     if dry_run:
         builder = Builder(config, provider, None, adapter, None, devstack_dir=devstack_dir)
     else:

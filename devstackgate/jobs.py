@@ -104,19 +104,22 @@ def _check_property(flag, value):
 
 
 def offered_pairs(config):
-    """The (provider, label) pairs the configuration offers, in configuration order."""
-    return [(p.name, i.name) for p in config.providers for i in p.images]
+    """The (provider, label) pairs whose images are built, in configuration order
+    (a bare-metal provider's hosts reset to their own pristine root: no cell)."""
+    return [(p.name, i.name) for p in config.providers if p.builds_images for i in p.images]
 
 
 def combination_filter(config):
-    """The image matrix's filter: a Groovy boolean admitting exactly the offered pairs.
+    """The image matrix's filter: a Groovy boolean admitting exactly the offered pairs
+    (``false`` when no provider builds images).
 
     Names are validated as letters, digits, ".", "_" and "-", so they need no
     escaping inside a Groovy string.  Paused labels are kept: their cell logs
     "paused; not building", and unpausing needs no new jobs.
     """
     return ' || '.join('(provider == "%s" && label == "%s")' % pair
-                       for pair in offered_pairs(config))
+                       for pair in offered_pairs(config)) or 'false'
+
 
 
 def _minutes(seconds):

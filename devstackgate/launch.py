@@ -81,7 +81,8 @@ class Summary:
 def servers_held(provider_name, rows, servers):
     """(servers counting against max-servers, the untracked ones among them).
 
-    Every node row but a delete row whose server is gone, plus every listed
+    Every node row but a delete row whose server is not in the list (the
+    reaper removes such a row on its next run), plus every listed
     server of this provider without a node row (templates, canaries of other
     runs, leaks).  Launch and the image builder count alike.
     """
@@ -89,8 +90,20 @@ def servers_held(provider_name, rows, servers):
     untracked = [s for s in servers
                  if s.metadata.get(cloud.META_PROVIDER) == provider_name
                  and s.metadata.get(cloud.META_NODE_ID) not in tracked]
-    held = sum(1 for n in rows if n.state != 'delete' or n.external_id) + len(untracked)
+    listed = {s.id for s in servers}
+    held = sum(1 for n in rows if n.state != 'delete' or n.external_id in listed) + len(untracked)
     return held, untracked
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnDisk:
+    """What the nodes of a kind that builds no images boot from: no image row."""
+    id: int = None
+    name: str = 'its own pristine root'
+    external_id: str = None
+
+
+OWN_DISK = OwnDisk()
 
 
 def node_name(config, label, provider, node_id):
@@ -230,8 +243,7 @@ class Launcher:
                 log.info('%s %s: %s; not launching', self.provider.name, image.name,
                          disabled[image.name])
                 continue
-            current = self.db.transact(
-                lambda ses: ses.current_image(self.provider.name, image.name))
+            current = self.current_image(image.name)
             if current is None:
                 s.note = 'no ready image (run devstack-vm-update-image.py %s %s)' % (
                     self.provider.name, image.name)
@@ -256,6 +268,13 @@ class Launcher:
                  self.provider.name, held, self.provider.max_servers, len(untracked),
                  ', '.join('%d %s' % (n, l) for l, n in allocation.items()) or 'nothing')
         return [(label, wanted[label][1]) for label, n in allocation.items() for _ in range(n)]
+
+    def current_image(self, label):
+        """The image row new nodes of the label boot from (None: no ready image);
+        OWN_DISK for a kind that builds no images (bare metal)."""
+        if not self.adapter.builds_images:
+            return OWN_DISK
+        return self.db.transact(lambda ses: ses.current_image(self.provider.name, label))
 
     # -- 3. boot ----------------------------------------------------------
     def boot(self, label, image_row):
@@ -491,5 +510,5 @@ def run(config, provider_name, db=None, adapter=None):
     db = db or vmdatabase.Database.from_config(config).upgrade()
     pkey, _ = ssh.ensure_private_key(config.ssh_private_key)
     with leasemod.held(config, db, provider.name, leasemod.LAUNCH, 'launch') as lease:
-        adapter = adapter or cloud.connect(provider)
+        adapter = adapter or cloud.connect(provider, db=db)
         return Launcher(config, provider, db, adapter, pkey, lease=lease).run()

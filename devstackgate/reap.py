@@ -746,10 +746,10 @@ def run(config, provider_name, dry_run=False, db=None, adapter=None, out=None, e
     db = db or open_database(config, dry_run)
     if dry_run:
         note_reap_in_progress(db, provider.name)
-        adapter = adapter or cloud.connect(provider)
+        adapter = adapter or cloud.connect(provider, db=db)
         return Reaper(config, provider, db, adapter, dry_run=True, out=out, err=err).run()
     with leasemod.held(config, db, provider.name, leasemod.REAP, 'reap') as lease:
-        adapter = adapter or cloud.connect(provider)
+        adapter = adapter or cloud.connect(provider, db=db)
         return Reaper(config, provider, db, adapter, out=out, err=err, lease=lease).run()
 
 

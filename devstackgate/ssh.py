@@ -8,6 +8,7 @@ printed or logged.
 
 import base64
 import binascii
+import hashlib
 import logging
 import os
 import shlex
@@ -81,6 +82,12 @@ def public_line(key):
 def host_key_line(key):
     """'type base64' for a paramiko key, as stored with a node."""
     return '%s %s' % (key.get_name(), key.get_base64())
+
+
+def fingerprint(key_line):
+    """'SHA256:...' of a 'type base64' key line, as ssh-keygen -lf prints it."""
+    blob = base64.b64decode(key_line.split()[1])
+    return 'SHA256:' + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip('=')
 
 
 class _Capture(paramiko.MissingHostKeyPolicy):

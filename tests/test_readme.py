@@ -39,6 +39,11 @@ POOL_COMMANDS = [
     'python3 devstack-gate.py stats --days 7',
     'python3 devstack-gate.py status-page /tmp/devstack-gate-status.html',
 ]
+# The bare-metal host scripts' dry runs: they print the commands and run none.
+DRY_RUNS = [
+    'node-setup/baremetal-setup.sh --vg main --snapshot-size 40G --dry-run',
+    'node-setup/baremetal-reset.sh --vg main --snapshot-size 40G --dry-run',
+]
 OTHER_COMMANDS = [
     'mysql -u root < etc/devstack-gate-db.sql',
     'python3 devstack-vm-jobs.py --config etc/devstack-gate.example.yaml --output '
@@ -56,12 +61,22 @@ def test_every_readme_command_is_accounted_for():
     commands = readme_commands()
     assert len(commands) == len(set(commands))
     assert sorted(commands) == sorted(
-        list(RUN_ELSEWHERE) + NEEDS_JENKINS + POOL_COMMANDS + OTHER_COMMANDS)
+        list(RUN_ELSEWHERE) + NEEDS_JENKINS + POOL_COMMANDS + DRY_RUNS + OTHER_COMMANDS)
     assert commands[:2] == ['./dev.sh demo', './dev.sh test'], 'the two commands come first'
     for command, where in RUN_ELSEWHERE.items():
         with open(os.path.join(ROOT, where)) as f:
             text = f.read()
         assert all(word in text for word in shlex.split(command)[1:]), (command, where)
+
+
+@pytest.mark.parametrize('command', DRY_RUNS)
+def test_the_bare_metal_dry_runs_print_their_commands(command):
+    proc = subprocess.run(shlex.split(command), cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines and all(line.startswith('+ ') for line in lines), proc.stdout
+    assert any(line.startswith('+ lvcreate -L 40G -s -n root') for line in lines), lines
 
 
 def python_argv(command):

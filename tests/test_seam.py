@@ -36,7 +36,8 @@ def test_stage_modules_import_no_cloud_sdk():
 
 
 def test_every_kind_has_a_driver_and_a_config_table():
-    assert set(cloud.DRIVERS) == set(config.KIND_KEYS) == set(config.KIND_SETTINGS)
+    assert set(cloud.DRIVERS) == set(config.KIND_KEYS) == set(config.KIND_SETTINGS) == set(
+        config.KIND_BUILDS_IMAGES) == set(config.KIND_IMAGE_KEYS)
     assert config.PROVIDER_KEYS['kind'].choices == tuple(config.KIND_KEYS)
     assert not set(config.PROVIDER_KEYS) & {k for t in config.KIND_KEYS.values() for k in t}
 

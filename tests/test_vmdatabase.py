@@ -438,7 +438,7 @@ def test_lease_migration_upgrades_a_version_6_database_and_the_lease_is_compare_
     db.transact(lambda s: s.create_node('rax', 'precise'))
     monkeypatch.undo()
     db = vmdatabase.Database(db_url).upgrade()
-    assert db.version() == vmdatabase.schema_version() == 7
+    assert db.version() == vmdatabase.schema_version() == 8
     assert len(db.transact(lambda s: s.nodes())) == 1          # data kept
     take = lambda token, ttl=30: db.transact(lambda s: s.acquire_lease(  # noqa: E731
         'rax', 'launch', token, 'host-a', 11, 'launch', ttl))

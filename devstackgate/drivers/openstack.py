@@ -168,7 +168,8 @@ def _glance_exc():
 class Adapter(cloud.Adapter):
     """Servers, images, flavors and keypairs of one OpenStack provider, through the real clients."""
 
-    def __init__(self, provider, environ=None, **kwargs):
+    def __init__(self, provider, environ=None, db=None, **kwargs):
+        """db: unused (the cloud keeps every server's and image's state)."""
         super().__init__(provider, **kwargs)
         self.settings = s = provider.settings
         entry = load_cloud_entry(s.cloud, environ)
