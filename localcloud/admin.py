@@ -11,15 +11,20 @@
                                          order; ?key=<key> for one key only
     POST /clouds/<name>/stats/reset      counters and spans
     GET  /clouds/<name>/servers          every server, lingering and deleted too
+    POST /clouds/<name>/servers/<id>/die the server stops answering SSH now
+                                         (as node-death does); answers its
+                                         entry; 404 unknown, 409 not ACTIVE
+                                         or not answering SSH anyway
     GET  /clouds/<name>/images
     POST /clouds/<name>/revoke-tokens    the next API call with an old token
                                          gets 401
 
-Errors are ``{"error": "<message>"}`` with 400 (bad knob), 404 or 405.
+Errors are ``{"error": "<message>"}`` with 400 (bad knob), 404, 405 or 409.
 Nothing here ever shows a password or a token.
 """
 
 from localcloud.faults import FaultError
+from localcloud.state import ApiError
 from localcloud.web import (ListenError, Listener, NoRoute, Router,
                             json_response)
 
@@ -90,6 +95,15 @@ def reset_stats(local, request):
 @router.route("GET", "/clouds/{name}/servers")
 def get_servers(local, request):
     return {"servers": _cloud(local, request).servers()}
+
+
+@router.route("POST", "/clouds/{name}/servers/{id}/die")
+def kill_node(local, request):
+    cloud = _cloud(local, request)
+    try:
+        return cloud.kill_node(request.params["id"])
+    except ApiError as e:
+        raise _AdminError(e.status, e.message) from None
 
 
 @router.route("GET", "/clouds/{name}/images")

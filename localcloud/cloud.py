@@ -12,8 +12,8 @@ from sequential or rate-limited ones.
 An outage closes the listener (connection refused) and reopens it on the
 same port when it ends.
 
-The admin operations (faults, stats, servers, revoke tokens) are plain
-methods here; the admin HTTP endpoint and the test fixtures call them.
+The admin operations (faults, stats, servers, killing a node, revoke tokens)
+are plain methods here; the admin HTTP endpoint and the test fixtures call them.
 """
 
 import logging
@@ -145,6 +145,16 @@ class Cloud:
 
     def images(self):
         return self.state.images_report()
+
+    def kill_node(self, server_id):
+        """Let an ACTIVE, reachable server stop answering SSH now, as the
+        node-death knob would (it stays ACTIVE).  Returns its servers()
+        entry; ApiError 404 (unknown server) or 409 (not ACTIVE, or not
+        answering SSH anyway)."""
+        self.state.kill_node(server_id)
+        (entry,) = [s for s in self.state.servers_report()
+                    if s["id"] == server_id]
+        return entry
 
     def revoke_tokens(self):
         return self.state.revoke_tokens()

@@ -6,6 +6,7 @@ running one through its admin endpoint.
     devstack-localcloud faults --admin URL CLOUD [knob=value ...]
     devstack-localcloud stats --admin URL CLOUD [--reset] [--spans [--key K]]
     devstack-localcloud servers --admin URL CLOUD
+    devstack-localcloud kill-node --admin URL CLOUD SERVER_ID
     devstack-localcloud revoke-tokens --admin URL CLOUD
 
 ``run`` stays in the foreground until SIGTERM or SIGINT, then deletes every
@@ -39,6 +40,14 @@ class CommandError(Exception):
     """A one-line reason to exit non-zero."""
 
 
+class AdminError(CommandError):
+    """The admin endpoint answered an error (other than 400): ``status``."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
 # -- admin client ---------------------------------------------------------------------
 
 
@@ -67,7 +76,8 @@ class AdminClient:
                 message = "HTTP %s" % e.code
             if e.code == 400:
                 raise FaultError(message) from None
-            raise CommandError("%s %s: %s" % (method, url, message)) from None
+            raise AdminError(e.code, "%s %s: %s" % (method, url, message)) \
+                from None
         except urllib.error.URLError as e:
             raise CommandError("cannot reach the admin endpoint %s: %s"
                                % (self.base, e.reason)) from None
@@ -101,6 +111,10 @@ class AdminClient:
 
     def images(self):
         return self._call("GET", "/images")["images"]
+
+    def kill_node(self, server_id):
+        return self._call("POST", "/servers/%s/die"
+                          % urllib.parse.quote(server_id, safe=""), {})
 
     def revoke_tokens(self):
         return self._call("POST", "/revoke-tokens", {})["revoked"]
@@ -203,6 +217,13 @@ def servers(args):
     return 0
 
 
+def kill_node(args):
+    entry = AdminClient(args.admin, args.cloud).kill_node(args.server)
+    print("%s: server %s (%s) of cloud %s at %s no longer answers SSH"
+          % (PROG, entry["id"], entry["name"], args.cloud, entry["address"]))
+    return 0
+
+
 def revoke_tokens(args):
     count = AdminClient(args.admin, args.cloud).revoke_tokens()
     print("%s: revoked %d tokens of cloud %s" % (PROG, count, args.cloud))
@@ -249,6 +270,9 @@ def build_parser():
     p.add_argument("--key", metavar="'METHOD /path/{template}'",
                    help="with --spans: only this key's spans")
     admin_parser("servers", servers, "every server, including deleted ones")
+    p = admin_parser("kill-node", kill_node, "make an ACTIVE server stop "
+                     "answering SSH now (it stays ACTIVE), as node-death does")
+    p.add_argument("server", help="server id")
     admin_parser("revoke-tokens", revoke_tokens,
                  "invalidate every token (the next call gets 401)")
     return parser

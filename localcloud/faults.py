@@ -5,7 +5,8 @@ admin endpoint's JSON and on the ``devstack-localcloud faults`` command line.
 ``validate()`` turns user input into the normal form (delays always become
 ``{"min": a, "max": b}``, quota entries ``None`` for unlimited) and raises
 ``FaultError`` naming the knob; ``merge()`` applies a partial update the way
-``PUT /clouds/<name>/faults`` does (mapping-valued knobs merge one level deep).
+``PUT /clouds/<name>/faults`` does (mapping-valued knobs merge one level deep;
+list-valued ones, ``bad-images``, are replaced whole).
 
 Randomness never lives here: the cloud draws from its own seeded
 ``random.Random`` via ``chance()`` and ``sample()`` so a test with a seed is
@@ -14,6 +15,7 @@ deterministic, and rates of exactly 0 or 1 never consult the generator at all.
 
 import copy
 import numbers
+import re
 
 #: The knobs, their defaults and what they mean.  Rates are probabilities in
 #: [0, 1]; delays are seconds, uniform between min and max.
@@ -55,7 +57,20 @@ DEFAULTS = {
     # marker, glance's next link repeats it) or "endless" (always one more
     # page of made-up entries)
     "paging": "normal",
+    # an ACTIVE, reachable server stops answering SSH (a hung VM: TCP still
+    # accepted, no banner ever) "after" seconds after it went ACTIVE, with
+    # probability "rate"; decided when the server is created
+    "node-death": {"rate": 0.0, "after": {"min": 0.0, "max": 0.0}},
+    # regular expressions; a server booted from an image whose name fully
+    # matches one gets BAD_IMAGE_MARKER in its root (its HOME)
+    "bad-images": [],
 }
+
+#: The file a server booted from a "bad" image (see the bad-images knob) finds
+#: in its root directory, the login's HOME: one line naming the image.  It is
+#: set or removed at every boot, so a snapshot never carries it to an image
+#: whose name does not match.
+BAD_IMAGE_MARKER = ".localcloud-bad-image"
 
 RATES = ("boot-error-rate", "no-network-rate", "stuck-build-rate",
          "api-error-rate", "api-overlimit-rate", "snapshot-failure-rate")
@@ -74,6 +89,7 @@ NONSENSE_KINDS = ("all", "list-servers", "show-server", "create-server",
 NONSENSE = ("truncated-json", "html-200", "empty-object", "missing-id",
             "missing-name", "string-item", "null-addresses", "bad-metadata")
 PAGING = ("normal", "repeat-marker", "endless")
+NODE_DEATH_KEYS = ("rate", "after")
 
 
 class FaultError(ValueError):
@@ -173,6 +189,52 @@ def _nonsense(value, current, where):
     return result
 
 
+def _node_death(value, current, where):
+    """{rate, after}: a mapping may give only one of them, the other is kept
+    from ``current``; ``after`` is a delay (merged like the others)."""
+    if not isinstance(value, dict):
+        raise FaultError("%s: expected a mapping with keys %s, got %r"
+                         % (where, ", ".join(NODE_DEATH_KEYS), value))
+    unknown = sorted(set(value) - set(NODE_DEATH_KEYS))
+    if unknown:
+        raise FaultError("%s.%s: unknown key; valid keys are %s"
+                         % (where, unknown[0], ", ".join(NODE_DEATH_KEYS)))
+    result = copy.deepcopy(current)
+    if "rate" in value:
+        result["rate"] = _rate(value["rate"], where + ".rate")
+    if "after" in value:
+        result["after"] = _delay(value["after"], current["after"],
+                                 where + ".after")
+    return result
+
+
+def _bad_images(value, where):
+    """A list of regular expressions (strings that compile); null is []."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise FaultError("%s: expected a list of regular expressions (image "
+                         "names must match one fully), got %r" % (where, value))
+    for index, pattern in enumerate(value):
+        item = "%s[%d]" % (where, index)
+        if not isinstance(pattern, str):
+            raise FaultError("%s: expected a regular expression (a string), "
+                             "got %r" % (item, pattern))
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise FaultError("%s: not a valid regular expression %r: %s"
+                             % (item, pattern, e)) from None
+    return list(value)
+
+
+def bad_image(faults, name):
+    """True if an image called ``name`` is "bad": it fully matches one of the
+    bad-images expressions."""
+    return any(re.fullmatch(pattern, name or "")
+               for pattern in faults["bad-images"])
+
+
 def nonsense_for(faults, kind):
     """The nonsense the answer to a call of ``kind`` gets, or None."""
     table = faults["nonsense"]
@@ -215,6 +277,10 @@ def merge(current, update, where="faults"):
                 raise FaultError("%s: expected one of %s, got %r"
                                  % (path, ", ".join(PAGING), value))
             result[key] = value
+        elif key == "node-death":
+            result[key] = _node_death(value, current[key], path)
+        elif key == "bad-images":
+            result[key] = _bad_images(value, path)
         elif key == "token-ttl":
             ttl = _seconds(value, path)
             if ttl <= 0:

@@ -6,9 +6,14 @@ Life of a server::
     create_server()  -> BUILD (task_state spawning); outcome decided now from
                         the cloud's seeded random generator
     after boot-delay -> ACTIVE: the image's directory is copied into a fresh
-                        node root and a NodeHost (sshd) starts on the node's
-                        own loopback address; or ERROR with a fault; or
-                        nothing ever happens (stuck in BUILD)
+                        node root (with the bad-image marker set or removed)
+                        and a NodeHost (sshd) starts on the node's own
+                        loopback address; or ERROR with a fault; or nothing
+                        ever happens (stuck in BUILD)
+    node-death       -> if create_server() drew it, "after" seconds past
+                        ACTIVE (or at once through kill_node()) the NodeHost
+                        is stopped and replaced by an unreachable one on the
+                        same address and port; the server stays ACTIVE
     delete_server()  -> the NodeHost stops and the root is removed before the
                         204; with lying-delete-lists N the record keeps
                         showing up in the next N list calls first
@@ -194,7 +199,13 @@ class Server:
         self.deleted_at = None
         self.linger = 0
         self.purged = False
-        self.timer = None
+        self.timer = None       # the pending boot, then the pending death
+        # node-death: seconds after ACTIVE it dies (None: never), when (wall
+        # clock) it is due and when it died
+        self.death_after = None
+        self.dies_at = None
+        self.died_at = None
+        self.bad_image = None   # the bad-images marker's line, if it has one
         self.admin_pass = secrets.token_urlsafe(9)
         self.description = None
 
@@ -221,6 +232,7 @@ class CloudState:
         self.rng_api = random.Random("%s/api" % seed)
         self.rng_boot = random.Random("%s/boot" % seed)
         self.rng_snapshot = random.Random("%s/snapshot" % seed)
+        self.rng_death = random.Random("%s/death" % seed)
         self.faults = faults_mod.merge(config.faults, {})
         self.state_dir = state_dir
         self.nodes_dir = os.path.join(state_dir, "nodes")
@@ -468,6 +480,13 @@ class CloudState:
         server = Server(str(uuid.uuid4()), name, next(self._seq), flavor,
                         image_id, key_name, public_key, metadata, outcome,
                         delay)
+        # Drawn now, in creation order, not when the boot finishes (boots
+        # finish on parallel workers): the same seed kills the same servers.
+        death = f["node-death"]
+        if outcome == "active" and faults_mod.chance(self.rng_death,
+                                                     death["rate"]):
+            server.death_after = faults_mod.sample(self.rng_death,
+                                                   death["after"])
         self.servers[server.id] = server
         self.events["servers-created"] += 1
         if outcome != "stuck":
@@ -487,6 +506,10 @@ class CloudState:
             server.booting = True
             image = self.images.get(server.image_id)
             source = image.store if image is not None else None
+            marker = None
+            if image is not None and faults_mod.bad_image(self.faults,
+                                                          image.name):
+                marker = "%s (%s)\n" % (image.name, image.id)
         root = os.path.join(self.nodes_dir, server.id)
         host = None
         try:
@@ -497,6 +520,11 @@ class CloudState:
                 copy_tree(source, root)
             except OSError as e:
                 raise _BootFailure("Failed to copy image %s: %s"
+                                   % (server.image_id, e))
+            try:
+                self._mark_bad_image(root, marker)
+            except OSError as e:
+                raise _BootFailure("Failed to prepare image %s: %s"
                                    % (server.image_id, e))
             host = self._start_host(server, root)
         except _BootFailure as e:
@@ -521,16 +549,93 @@ class CloudState:
                 self.events["servers-active"] += 1
                 if server.outcome == "no-network":
                     self.events["servers-no-network"] += 1
+                if marker is not None:
+                    server.bad_image = marker.strip()
+                    self.events["servers-bad-image"] += 1
+                if server.death_after is not None:
+                    server.dies_at = now + server.death_after
+                    server.timer = self.scheduler.call_later(
+                        server.death_after, self._die, server)
             else:
                 self._addresses_in_use.discard(host.address)
         if stale:
             host.stop()
             remove_tree(root)
             return
-        LOG.info("cloud %s: server %s (%s) ACTIVE at %s:%d after %.1f s%s",
+        LOG.info("cloud %s: server %s (%s) ACTIVE at %s:%d after %.1f s%s%s%s",
                  self.name, server.id, server.name, server.address,
                  self.config.ssh_port, time.time() - server.created,
-                 " (no network)" if server.outcome == "no-network" else "")
+                 " (no network)" if server.outcome == "no-network" else "",
+                 " (bad image)" if marker is not None else "",
+                 " (dies in %.1f s)" % server.death_after
+                 if server.death_after is not None else "")
+
+    @staticmethod
+    def _mark_bad_image(root, marker):
+        """Write the bad-image marker (``marker`` is its line) or remove one
+        the image brought along (a snapshot of a marked node, a base image
+        directory): whether a node has it depends only on the name of the
+        image it boots from."""
+        path = os.path.join(root, faults_mod.BAD_IMAGE_MARKER)
+        if os.path.lexists(path):
+            os.unlink(path)
+        if marker is not None:
+            with open(path, "w") as f:
+                f.write(marker)
+
+    # -- node death --------------------------------------------------------------
+
+    def kill_node(self, server_id):
+        """Let an ACTIVE, reachable server die now (as node-death would);
+        ApiError 404 for an unknown (or deleted) server, 409 for one that is
+        not ACTIVE or does not answer SSH (no network, already dead)."""
+        with self.lock:
+            server = self.servers.get(server_id)
+            if server is None or server.deleted:
+                raise ApiError(404, "Instance %s could not be found."
+                               % server_id)
+            if server.status != "ACTIVE":
+                raise ApiError(409, "Cannot kill instance %s while it is in "
+                               "vm_state %s" % (server_id, server.vm_state))
+            if server.died_at is not None or server.host is None \
+                    or not server.host.reachable:
+                raise ApiError(409, "Cannot kill instance %s: it does not "
+                               "answer SSH already" % server_id)
+        self._die(server)
+
+    def _die(self, server):
+        """Stop the server's NodeHost (every connection and command) and put
+        an unreachable one on the same address and port: TCP is accepted, no
+        banner ever comes.  The server stays ACTIVE and keeps its address
+        and root; deleting it stops the new host."""
+        with self.lock:
+            old = server.host
+            if server.deleted or self._closed or old is None \
+                    or server.died_at is not None or not old.reachable:
+                return
+            server.died_at = time.time()
+            if server.timer is not None:        # a death still pending
+                server.timer.cancel()
+                server.timer = None
+            self.events["servers-died"] += 1
+        old.stop()
+        new = NodeHost(old.address, old.port, old.root, {},
+                       host_key=old.host_key, reachable=False)
+        try:
+            new.start()
+        except OSError as e:        # the port was taken meanwhile: refused
+            LOG.warning("cloud %s: server %s died, but %s:%d could not be "
+                        "bound again (%s); it refuses connections", self.name,
+                        server.id, old.address, old.port, e.strerror)
+            new = None
+        with self.lock:
+            stale = server.deleted or self._closed or server.host is not old
+            if not stale:
+                server.host = new
+        if stale and new is not None:
+            new.stop()
+        LOG.info("cloud %s: server %s (%s) at %s died: no SSH banner any more",
+                 self.name, server.id, server.name, old.address)
 
     def _start_host(self, server, root):
         users = {user: [server.public_key] if server.public_key else []
@@ -824,6 +929,10 @@ class CloudState:
                     "created": iso(s.created),
                     # time.time() it turned ACTIVE (None: not yet, or never)
                     "launched_at": s.launched_at,
+                    # node-death: time.time() it is due to die, it died
+                    "dies_at": s.dies_at, "died_at": s.died_at,
+                    # the bad-image marker's line, or None
+                    "bad_image": s.bad_image,
                     "deleted_at": iso(s.deleted_at) if s.deleted_at else None,
                 })
             return report

@@ -110,6 +110,20 @@ class CloudHandle:
     def images(self):
         return self._backend.images()
 
+    def kill_node(self, server_id):
+        """Let an ACTIVE server stop answering SSH now, as the node-death
+        knob would: its connections and commands are cut, new connections
+        get no banner, it stays ACTIVE.  Returns its ``servers()`` entry.
+        Raises ``localcloud.state.ApiError`` with ``status`` 404 (unknown
+        server) or 409 (not ACTIVE, or not answering SSH anyway), in-process
+        and through the admin endpoint alike."""
+        from localcloud.cmd import AdminError
+        from localcloud.state import ApiError
+        try:
+            return self._backend.kill_node(server_id)
+        except AdminError as e:
+            raise ApiError(e.status, str(e)) from None
+
     def revoke_tokens(self):
         return self._backend.revoke_tokens()
 
