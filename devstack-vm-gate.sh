@@ -15,8 +15,19 @@
 #    outcome (also when Jenkins aborts the job), records the result, and deletes
 #    the node (success, aborted) or holds it for hold-hours (failure, timeout).
 #
-# Every step's console also goes to $WORKSPACE/logs/<step>.txt.  Exit status: 0
-# success; 1 failure, timeout, merge conflict or no node; 2 bad configuration or
+# Every run ends in one class, recorded with its result and named on the last
+# console line: success, test failure (the test command exited non-zero),
+# timeout, infra failure, aborted.  Infra is the node's fault, not the change's:
+# no host key recorded, SSH does not answer, the host key changed, the copy
+# failed, or the node stopped answering during the test (SSH keep-alives every
+# gate.alive-interval s, gone after gate.alive-count unanswered).  Such a node is
+# held for gate.infra-hold-minutes (reason "infra") and steps 2-5 run again on
+# another node, from another provider when one has a node ready, up to
+# gate.attempts nodes in all.  A test failure or a timeout is never retried.
+#
+# Every step's console also goes to $WORKSPACE/logs/<step>.txt (an abandoned node's
+# logs to logs/node-attempt-N/).  Exit status: 0 success; 1 test failure, timeout,
+# infra failure, merge conflict or no node; 2 bad configuration or
 # usage; 128+N when killed by signal N (143 for Jenkins' SIGTERM), after the logs
 # were collected and the result recorded.
 #
@@ -308,19 +319,22 @@ prepare_workspace() {
 
 # -- 2. the node -------------------------------------------------------------------
 fetch_node() {
-    say "fetching a node of label $GATE_LABEL (waiting up to $GATE_FETCH_WAIT s)"
-    local rc=0
+    local rc=0 avoid=() p
+    for p in "${AVOID[@]}"; do avoid+=(--avoid "$p"); done
+    say "fetching a node of label $GATE_LABEL (waiting up to $GATE_FETCH_WAIT s)${AVOID[*]:+, preferring another provider than ${AVOID[*]}}"
     run "$PYTHON" "$here/devstack-vm-fetch.py" --config "$GATE_CONFIG" --wait "$GATE_FETCH_WAIT" \
-        -- "$GATE_LABEL" >"$TMP/node.sh" || rc=$?
+        "${avoid[@]}" -- "$GATE_LABEL" >"$TMP/node.sh" || rc=$?
     if ((rc != 0)); then
         # fetch's own line above says why (no node in time, the database, the config)
         say "error: devstack-vm-fetch gave no node of label $GATE_LABEL for $JOB (exit $rc)"
+        ((rc == 2)) || say "$JOB: infra failure: no node of label $GATE_LABEL (attempt $ATTEMPT of $GATE_ATTEMPTS)"
         exit $((rc == 2 ? 2 : 1))
     fi
     # shellcheck source=/dev/null
     source "$TMP/node.sh"
     cat "$TMP/node.sh"
     check_node
+    [[ -z "$INFRA" ]] || return 0
     TARGET=$NODE_USERNAME@$NODE_IP
     local host=$NODE_IP
     ((NODE_SSH_PORT == 22)) || host="[$NODE_IP]:$NODE_SSH_PORT"
@@ -328,7 +342,8 @@ fetch_node() {
     local ssh=(ssh -i "$GATE_SSH_KEY" -p "$NODE_SSH_PORT" -o BatchMode=yes
                -o StrictHostKeyChecking=yes -o "UserKnownHostsFile=\"$TMP/known_hosts\""
                -o GlobalKnownHostsFile=/dev/null -o CheckHostIP=no -o IdentitiesOnly=yes
-               -o ConnectTimeout=30 -o ServerAliveInterval=30 -o ServerAliveCountMax=4
+               -o ConnectTimeout=30 -o "ServerAliveInterval=$GATE_ALIVE_INTERVAL"
+               -o "ServerAliveCountMax=$GATE_ALIVE_COUNT"
                -o LogLevel=ERROR)
     # One wrapper for ssh and for rsync -e, so both pin the same host key.
     {
@@ -350,13 +365,16 @@ check_node() {  # the node's values from the database reach ssh, rsync and known
     NODE_NAME=${NODE_NAME//[[:cntrl:]]/?}
     if [[ -n "$bad" ]]; then
         [[ -n "$NODE_ID" ]] || fail_early "devstack-vm-fetch gave no node id"
-        node_error "node $NODE_NAME ($NODE_PROVIDER): unusable ${bad# } in the database; refusing to use it" "unusable${bad}"
+        infra_failure "node $NODE_NAME ($NODE_PROVIDER): unusable ${bad# } in the database; refusing to use it" "unusable${bad}"
     fi
 }
 
 # -- 3. to the node -----------------------------------------------------------------
 check_host_key() {
-    [[ -n "$NODE_HOST_KEY" ]] || node_error "no SSH host key recorded for node $NODE_NAME ($NODE_PROVIDER); refusing to use it" "no host key recorded"
+    if [[ -z "$NODE_HOST_KEY" ]]; then
+        infra_failure "no SSH host key recorded for node $NODE_NAME ($NODE_PROVIDER); refusing to use it" "no host key recorded"
+        return 0
+    fi
     local attempt rc
     for attempt in 1 2 3; do
         rc=0
@@ -365,12 +383,13 @@ check_host_key() {
         ((rc != 0)) || return 0
         if grep -q -e 'Host key verification failed' -e 'IDENTIFICATION HAS CHANGED' \
                 "$TMP/ssh-check.txt"; then
-            node_error "node $NODE_NAME ($NODE_PROVIDER) at $NODE_IP:$NODE_SSH_PORT: SSH host key differs from the one recorded when the node was made ready; refusing to use it" "host key changed"
+            infra_failure "node $NODE_NAME ($NODE_PROVIDER) at $NODE_IP:$NODE_SSH_PORT: SSH host key differs from the one recorded when the node was made ready; refusing to use it" "host key changed"
+            return 0
         fi
         say "node $NODE_NAME ($NODE_PROVIDER): SSH check failed (exit $rc), attempt $attempt of 3"
         ((attempt == 3)) || run sleep 2
     done
-    node_error "node $NODE_NAME ($NODE_PROVIDER) at $NODE_IP:$NODE_SSH_PORT: SSH does not answer" "no SSH"
+    infra_failure "node $NODE_NAME ($NODE_PROVIDER) at $NODE_IP:$NODE_SSH_PORT: SSH does not answer" "no SSH"
 }
 
 password() { od -An -tx1 -N16 /dev/urandom | tr -d ' \n'; }
@@ -410,7 +429,7 @@ copy_to_node() {
     local rc=0
     run timeout --kill-after=10 "$GATE_RSYNC_TIMEOUT" \
         rsync -a --delete -e "'$TMP/ssh'" -- "$SRC/" "$TARGET:workspace/" || rc=$?
-    ((rc == 0)) || node_error "copying the workspace to node $NODE_NAME ($NODE_PROVIDER) failed (rsync exit $rc)" "workspace copy failed"
+    ((rc == 0)) || infra_failure "copying the workspace to node $NODE_NAME ($NODE_PROVIDER) failed (rsync exit $rc)" "workspace copy failed"
 }
 
 # -- 4. the test -------------------------------------------------------------------
@@ -426,20 +445,47 @@ run_test() {
         124|137) RESULT=timeout ;;
         *) RESULT=failure ;;
     esac
+    # ssh's own 255: the connection to the node broke (keep-alives unanswered for
+    # alive-interval x alive-count s, or the node went away), unless the node
+    # still answers, when it was the test command's own exit status.
+    if ((rc == 255)) && ! node_answers; then
+        infra_failure "node $NODE_NAME ($NODE_PROVIDER) stopped answering during the test command (ssh exit 255 after $((SECONDS - started)) s; it does not answer SSH now)" "node stopped answering"
+        return 0
+    fi
     say "test command on node $NODE_NAME: $RESULT (exit $rc) after $((SECONDS - started)) s"
 }
 
+node_answers() {  # does the node answer SSH now (within alive-interval x alive-count s)?
+    local limit=$((${GATE_ALIVE_INTERVAL%.*} * GATE_ALIVE_COUNT))
+    run timeout --kill-after=5 "$limit" "$TMP/ssh" -o "ConnectTimeout=$limit" -- "$TARGET" true \
+        >/dev/null 2>&1
+}
+
+result_text() {  # result_text RESULT: the result with its failure class, as the last line says it
+    case "$1" in
+        failure) echo "failure (test failure)" ;;
+        infra) echo "infra failure" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+infra_failure() {  # infra_failure MESSAGE DETAIL: this attempt's node failed, not the change
+    say "error: $1"
+    INFRA=$2
+}
+
 # -- 5. logs and the result ----------------------------------------------------------
-collect_logs() {  # collect_logs TIMEOUT: ~/workspace/logs of the node -> $LOGS/node/
+collect_logs() {  # collect_logs TIMEOUT [DIR]: ~/workspace/logs of the node -> $LOGS/DIR/ (node)
     [[ -z "$LOGS_COLLECTED" && -n "$TARGET" ]] || return 0
     LOGS_COLLECTED=1
-    mkdir -p "$LOGS/node"
-    say "copying logs from node $NODE_NAME:workspace/logs/ to $LOGS/node/ (up to $1 s)"
+    local dir=${2:-node}
+    mkdir -p "$LOGS/$dir"
+    say "copying logs from node $NODE_NAME:workspace/logs/ to $LOGS/$dir/ (up to $1 s)"
     local rc=0
     # (the remote mkdir: a run that never got as far as the test has no logs there)
     run timeout --kill-after=10 "$1" rsync -a -e "'$TMP/ssh'" \
         --rsync-path='mkdir -p workspace/logs && rsync' \
-        -- "$TARGET:workspace/logs/" "$LOGS/node/" || rc=$?
+        -- "$TARGET:workspace/logs/" "$LOGS/$dir/" || rc=$?
     ((rc == 0)) || say "copying logs from node $NODE_NAME failed (rsync exit $rc); continuing"
 }
 
@@ -452,14 +498,6 @@ finish_node() {  # finish_node RESULT [DETAIL]: record the result; delete or hol
         --result-id "$NODE_RESULT_ID" --result "$1" "${detail[@]}" </dev/null || rc=$?
     FINISH_RC=$rc
     ((rc == 0)) || say "recording the result of node $NODE_NAME failed (exit $rc); the reaper reclaims it after max-used-hours"
-}
-
-node_error() {  # node_error MESSAGE DETAIL: a failure once the node is ours; it is held
-    say "error: $1"
-    begin_step finish
-    finish_node failure "$2"
-    end_step
-    exit 1
 }
 
 # -- several cells -------------------------------------------------------------------
@@ -592,26 +630,59 @@ if [[ -z "$CELL" ]]; then
     fi
 fi
 
-begin_step fetch
-fetch_node
+# Up to gate.attempts nodes: a node that fails (INFRA: no SSH, a changed host key,
+# a failed copy, stopping mid-run) is held briefly for diagnosis and another one
+# is taken, from another provider when one has a node ready.  A test failure or a
+# timeout is the change's verdict and is never retried.
+ATTEMPT=0
+AVOID=()
+while :; do
+    ATTEMPT=$((ATTEMPT + 1))
+    INFRA=""
+    begin_step fetch
+    fetch_node
 
-begin_step copy-to-node
-check_host_key
-write_devstack_config
-copy_to_node
+    begin_step copy-to-node
+    [[ -n "$INFRA" ]] || check_host_key
+    [[ -n "$INFRA" ]] || write_devstack_config
+    [[ -n "$INFRA" ]] || copy_to_node
 
-begin_step test
-run_test
+    if [[ -z "$INFRA" ]]; then
+        begin_step test
+        run_test
+    fi
 
-begin_step copy-logs
-collect_logs "$GATE_RSYNC_TIMEOUT"
+    begin_step copy-logs
+    if [[ -n "$INFRA" ]]; then
+        collect_logs "$GATE_ABORT_COPY_TIMEOUT" "node-attempt-$ATTEMPT"
+    else
+        collect_logs "$GATE_RSYNC_TIMEOUT"
+    fi
 
-begin_step finish
-finish_node "$RESULT"
-if [[ "$RESULT" != success && "$FINISH_RC" == 0 ]]; then
-    say "$JOB: $RESULT on node $NODE_NAME ($NODE_PROVIDER), held for $GATE_HOLD_HOURS h; logs in $LOGS"
+    begin_step finish
+    if [[ -z "$INFRA" ]]; then
+        break
+    fi
+    RESULT=infra
+    finish_node infra "$INFRA"
+    if ((ATTEMPT >= GATE_ATTEMPTS)); then
+        say "attempt $ATTEMPT of $GATE_ATTEMPTS: node $NODE_NAME ($NODE_PROVIDER) failed ($INFRA); no attempt left"
+        break
+    fi
+    say "attempt $ATTEMPT of $GATE_ATTEMPTS: node $NODE_NAME ($NODE_PROVIDER) abandoned ($INFRA), held $GATE_INFRA_HOLD_MINUTES min with reason infra; the change is not at fault: taking another node"
+    AVOID+=("$NODE_PROVIDER")
+    NODE_ID="" FINISHED="" FINISH_RC="" LOGS_COLLECTED="" TARGET="" NODE_RESULT_ID=""
+done
+
+[[ "$RESULT" == infra ]] || finish_node "$RESULT"
+tried=""
+((ATTEMPT == 1)) || tried=" (attempt $ATTEMPT of $GATE_ATTEMPTS)"
+if [[ "$RESULT" == infra && "$FINISH_RC" == 0 ]]; then
+    say "$JOB: infra failure on node $NODE_NAME ($NODE_PROVIDER)$tried: $INFRA, held $GATE_INFRA_HOLD_MINUTES min; logs in $LOGS"
+elif [[ "$RESULT" != success && "$FINISH_RC" == 0 ]]; then
+    say "$JOB: $(result_text "$RESULT") on node $NODE_NAME ($NODE_PROVIDER)$tried, held for $GATE_HOLD_HOURS h; logs in $LOGS"
 else
-    say "$JOB: $RESULT on node $NODE_NAME ($NODE_PROVIDER); logs in $LOGS"
+    say "$JOB: $(result_text "$RESULT") on node $NODE_NAME ($NODE_PROVIDER)$tried; logs in $LOGS"
 fi
 end_step
 [[ "$RESULT" == success ]] || exit 1

@@ -47,7 +47,7 @@ OPTION_FILE_ENV = 'DEVSTACK_GATE_DB_OPTION_FILE'
 
 NODE_STATES = ('building', 'ready', 'used', 'hold', 'delete', 'error')
 IMAGE_STATES = ('building', 'ready', 'delete')
-RESULTS = ('running', 'success', 'failure', 'timeout', 'aborted')
+RESULTS = ('running', 'success', 'failure', 'timeout', 'infra', 'aborted')
 # How a launch ended (the launches table): 'ready', it joined the pool; 'used',
 # it passed its checks and went straight to its claimant (an image build's
 # canary); 'failed', its server was deleted, with the reason (error, timeout, ...).
@@ -220,6 +220,26 @@ MIGRATIONS = [
             PRIMARY KEY (provider, name)
         )""",
     ]),
+    # Why a gate run ended as it did, beside its class (results.result): for an
+    # infra failure, what failed (no SSH, host key changed, the node stopped
+    # answering); and the image its node was booted from, so a new image's runs
+    # can be compared with its predecessor's (devstackgate.health's image guard).
+    # Quarantines: a provider's label that fetch hands out only when no healthy
+    # provider has a node, and launch does not top up (devstackgate.health).
+    (9, [
+        "ALTER TABLE results ADD COLUMN detail {text}",
+        "ALTER TABLE results ADD COLUMN image_id INTEGER",
+        """CREATE TABLE quarantines (
+            provider VARCHAR(255) NOT NULL,
+            label VARCHAR(255) NOT NULL,
+            since DOUBLE NOT NULL,
+            probe_after DOUBLE NOT NULL,
+            set_by VARCHAR(255) NOT NULL,
+            reason {text},
+            probes INTEGER NOT NULL,
+            PRIMARY KEY (provider, label)
+        )""",
+    ]),
 ]
 
 
@@ -278,6 +298,8 @@ class Result:
     start_time: float
     end_time: float
     result: str
+    detail: str = None          # why it ended so (an infra failure's cause), else None
+    image_id: int = None        # the image row its node was booted from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,6 +364,18 @@ class Host:
 
 
 @dataclasses.dataclass(frozen=True)
+class Quarantine:
+    """A provider's label whose nodes fetch hands out only when no other provider has one."""
+    provider: str
+    label: str
+    since: float
+    probe_after: float      # when launch may probe it with one canary node
+    set_by: str             # 'auto' (devstackgate.health) or the operator
+    reason: str             # the figures behind it
+    probes: int             # canaries that failed since it began
+
+
+@dataclasses.dataclass(frozen=True)
 class Leak:
     """An untracked server or image of ours, as seen by consecutive reap runs."""
     id: int
@@ -360,7 +394,7 @@ def _columns(cls):
 
 _TABLES = {Node: 'nodes', Image: 'images', Result: 'results', Leak: 'leaks',
            LabelSwitch: 'label_switches', ImagePause: 'image_pauses', Launch: 'launches',
-           Lease: 'leases', Host: 'hosts'}
+           Lease: 'leases', Host: 'hosts', Quarantine: 'quarantines'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -600,8 +634,9 @@ class Session:
         rows = self._select(Result, 'id = ?', [result_id])
         return rows[0] if rows else None
 
-    def results(self, node_id=None, result=None):
-        return self._select_matching(Result, node_id=node_id, result=result)
+    def results(self, node_id=None, result=None, provider=None, label=None, image_id=None):
+        return self._select_matching(Result, node_id=node_id, result=result, provider=provider,
+                                     label=label, image_id=image_id)
 
     def results_between(self, since, until=None):
         """The results of gate runs started at or after `since` (and, given
@@ -638,11 +673,13 @@ class Session:
         params = [provider, label, since, until] + kinds + [int(limit), int(offset)]
         return [row[0] for row in self._execute(sql, params).fetchall()]
 
-    def finish_result(self, result_id, result, now=None):
+    def finish_result(self, result_id, result, now=None, detail=None):
         if result not in RESULTS:
             raise ValueError('unknown result %r; valid: %s' % (result, ', '.join(RESULTS)))
-        self._update(Result, result_id, {'result': result,
-                                         'end_time': time.time() if now is None else now})
+        values = {'result': result, 'end_time': time.time() if now is None else now}
+        if detail is not None:
+            values['detail'] = detail
+        self._update(Result, result_id, values)
 
     # -- leaks ------------------------------------------------------------
     def record_sightings(self, provider, kind, seen, now=None):
@@ -800,6 +837,39 @@ class Session:
     def leases(self, provider=None):
         """[Lease] rows, held or free, by provider and scope."""
         return self._select_matching(Lease, order='provider, scope', provider=provider)
+
+    # -- quarantines (devstackgate.health) -------------------------------
+    def quarantines(self, provider=None, label=None):
+        return self._select_matching(Quarantine, order='provider, label', provider=provider,
+                                     label=label)
+
+    def quarantine(self, provider, label, set_by, reason, probe_after, now=None):
+        """Quarantine provider+label (or renew its reason and probe time); True if new."""
+        now = time.time() if now is None else now
+        if self.quarantines(provider, label):
+            self._execute('UPDATE quarantines SET set_by = ?, reason = ?, probe_after = ? '
+                          'WHERE provider = ? AND label = ?',
+                          (set_by, reason, probe_after, provider, label))
+            return False
+        self._insert('quarantines', {'provider': provider, 'label': label, 'since': now,
+                                     'probe_after': probe_after, 'set_by': set_by,
+                                     'reason': reason, 'probes': 0})
+        return True
+
+    def probe_failed(self, quarantine, probe_after):
+        """A canary failed: the quarantine stays, probed again after probe_after."""
+        self._execute('UPDATE quarantines SET probes = ?, probe_after = ? '
+                      'WHERE provider = ? AND label = ?',
+                      (quarantine.probes + 1, probe_after, quarantine.provider,
+                       quarantine.label))
+
+    def release_quarantine(self, provider, label):
+        """True if there was one."""
+        found = bool(self.quarantines(provider, label))
+        if found:
+            self._execute('DELETE FROM quarantines WHERE provider = ? AND label = ?',
+                          (provider, label))
+        return found
 
     # -- bare-metal hosts (devstackgate.drivers.baremetal) ----------------
     def hosts(self, provider):

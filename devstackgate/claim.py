@@ -26,7 +26,7 @@ _MYSQL_PARSE_ERROR = 1064           # a server that does not know SKIP LOCKED sa
 
 #: The node columns fetch prints (FastDatabase reads only these).
 FETCH_NODE_COLUMNS = ('id', 'provider', 'label', 'name', 'ip', 'username', 'host_key',
-                      'claimed_by')
+                      'claimed_by', 'image_id')
 
 
 def server_has_skip_locked(info):
@@ -84,7 +84,8 @@ def claim(execute, backend, label, claimed_by, node_columns, result_columns=('id
     row = None
     if result is not None:
         rvalues = dict(result, start_time=now, provider=node['provider'], label=node['label'],
-                       node_id=node['id'], node_name=node['name'])
+                       node_id=node['id'], node_name=node['name'],
+                       image_id=node.get('image_id'))
         rvalues.setdefault('result', 'running')
         cols = sorted(rvalues)
         row_id = execute('INSERT INTO results (%s) VALUES (%s)' % (
@@ -140,6 +141,12 @@ def node_counts(execute, label):
     return {(p, s): n for p, s, n in rows}
 
 
+def quarantined(execute, label):
+    """The providers whose `label` is quarantined (devstackgate.health), exactly matched."""
+    rows = execute('SELECT provider, label FROM quarantines WHERE label = ?', [label]).fetchall()
+    return sorted({p for p, lab in rows if lab == label})
+
+
 class Row:
     """A row as attributes (what fetch reads of a node or a result)."""
 
@@ -193,6 +200,15 @@ class FastDatabase:
             else:
                 return (Row(node) if node else None), (Row(row) if row else None)
         return self.full().claim_node(label, claimed_by, providers=providers, result=result)
+
+    def quarantined(self, label):
+        if self._full is None:
+            try:
+                return self._transact(lambda execute, errors: quarantined(execute, label))
+            except _Fallback:
+                pass
+        return self.full().transact(
+            lambda s: sorted({q.provider for q in s.quarantines(label=label)}))
 
     def node_counts(self, label):
         if self._full is None:

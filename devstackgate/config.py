@@ -163,6 +163,35 @@ GLOBAL_KEYS = {
     'snapshot-keep-hours': Key('number', 72, minimum=0,
                                doc='how long the reaper keeps a snapshot of a held node '
                                    '(devstack-gate snapshot) before deleting it'),
+    'health-window-hours': Key('number', 24, minimum=0.01,
+                               doc='provider health and the image guard judge the runs that '
+                                   'started within this many hours'),
+    'health-window-runs': Key('int', 100, minimum=1,
+                              doc='and at most this many of the latest runs of each provider '
+                                  '(or image) and label'),
+    'health-min-runs': Key('int', 5, minimum=1,
+                           doc='runs each side needs before a provider or an image is judged'),
+    'health-min-failures': Key('int', 3, minimum=1,
+                               doc='failures the worse side needs before it is judged worse'),
+    'health-alpha': Key('number', 0.001, minimum=0,
+                        doc='largest one-sided p-value (two-proportion z-test) at which a '
+                            'provider or an image is clearly worse than the others'),
+    'image-guard-alpha': Key('number', 0.01, minimum=0,
+                             doc='the same for the image guard: a new image against the one it '
+                                 'replaced (their runs are fewer, and a demotion is undone by '
+                                 'one command)'),
+    'auto-quarantine': Key('bool', True,
+                           doc='quarantine a provider\'s label whose infra-failure rate is '
+                               'clearly worse than the other providers\''),
+    'quarantine-cooldown-minutes': Key('number', 60, minimum=0,
+                                       doc='after this long a quarantine is probed with one '
+                                           'canary node'),
+    'canary-watch': Key('number', 60, minimum=0,
+                        doc='seconds a quarantined provider\'s canary node must keep '
+                            'answering SSH for the quarantine to end'),
+    'image-guard': Key('bool', True,
+                       doc='demote a new image whose runs fail clearly more than its '
+                           'predecessor\'s, and pause its builds'),
     'disabled-labels': Key('mapping', None,
                            doc='label: reason; a disabled label (a matrix cell) is neither '
                                'launched nor built, and gate runs skip it'),
@@ -274,6 +303,18 @@ GATE_KEYS = {
     'git-timeout': Key('number', 300, minimum=1, doc='seconds one git network step may take'),
     'git-retries': Key('int', 3, minimum=1, doc='attempts of one git network step'),
     'rsync-timeout': Key('number', 1800, minimum=1, doc='seconds one copy may take'),
+    'attempts': Key('int', 3, minimum=1,
+                    doc='nodes a gate run may use: when its node fails (no SSH, a changed host '
+                        'key, a failed copy, the node stops answering) it takes another, '
+                        'preferring another provider; a test failure is never retried'),
+    'infra-hold-minutes': Key('number', 60, minimum=0,
+                              doc='how long a node abandoned for an infra failure is held '
+                                  '(reason "infra") for diagnosis before the reaper takes it'),
+    'alive-interval': Key('number', 10, minimum=1,
+                          doc='seconds between SSH keep-alives to the node during a run'),
+    'alive-count': Key('int', 3, minimum=1,
+                       doc='unanswered keep-alives after which the node has stopped answering '
+                           '(noticed within alive-interval x alive-count seconds)'),
 }
 
 
@@ -371,6 +412,10 @@ class GateConfig:
     git_timeout: float
     git_retries: int
     rsync_timeout: float
+    attempts: int
+    infra_hold_minutes: float
+    alive_interval: float
+    alive_count: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,6 +452,16 @@ class Config:
     image_build_timeout: float
     snapshot_timeout: float
     snapshot_keep_hours: float
+    health_window_hours: float
+    health_window_runs: int
+    health_min_runs: int
+    health_min_failures: int
+    health_alpha: float
+    image_guard_alpha: float
+    auto_quarantine: bool
+    quarantine_cooldown_minutes: float
+    canary_watch: float
+    image_guard: bool
     disabled_labels: dict       # label -> why it is switched off, from the configuration
     gate: 'GateConfig'
     providers: tuple

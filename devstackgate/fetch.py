@@ -68,12 +68,38 @@ def _metrics():
     return metrics, metrics.get()
 
 
+def tiers(offering, providers=None, avoid=(), quarantined=()):
+    """The provider lists a claim tries in turn: the healthy ones first, then the
+    quarantined ones (devstackgate.health), then those to avoid (a run retrying
+    after an infra failure prefers another provider, but takes the same one
+    rather than none).  [None]: any provider."""
+    if not avoid and not quarantined:
+        return [providers or None]
+    allowed = list(providers or offering)
+    out = [[p for p in allowed if p not in avoid and p not in quarantined],
+           [p for p in allowed if p in quarantined and p not in avoid],
+           [p for p in allowed if p in avoid]]
+    return [t for t in out if t]
+
+
+def _quarantined(db, label):
+    """The label's quarantined providers; none when they cannot be read (an older schema)."""
+    from devstackgate.errors import DatabaseError
+    try:
+        if hasattr(db, 'quarantined'):
+            return db.quarantined(label)
+        return sorted({q.provider for q in db.transact(lambda s: s.quarantines(label=label))})
+    except DatabaseError:
+        return []
+
+
 def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
-          clock=time.monotonic, sleep=time.sleep):
+          clock=time.monotonic, sleep=time.sleep, avoid=()):
     """Claim a node; returns (node, result).  Raises UsageError or NoNodeAvailable.
 
     `config` is a config.Config or a config_cache.FetchConfig; `db` a
-    claim.FastDatabase (the default) or a vmdatabase.Database.
+    claim.FastDatabase (the default) or a vmdatabase.Database.  `avoid`:
+    providers to take a node from only when no other has one ready.
     """
     environ = os.environ if environ is None else environ
     labels = config.labels()
@@ -91,9 +117,17 @@ def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
     claimed_by, result = job_identity(environ)
     metrics, stats = _metrics()
     started = clock()
+    order = tiers(offering, providers, avoid, _quarantined(db, label))
+
+    def claim():
+        for tier in order:
+            node, row = db.claim_node(label, claimed_by, providers=tier, result=result)
+            if node is not None:
+                return node, row
+        return None, None
     # The first attempt at once (as wait.iterate makes it); the wait's machinery
     # (and its logging) only when there is something to wait for.
-    node, row = db.claim_node(label, claimed_by, providers=providers, result=result)
+    node, row = claim()
     if node is None and not wait_for <= 0:
         from devstackgate import wait
         logmod.ensure_setup()       # its "waiting for" lines
@@ -102,8 +136,7 @@ def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
         next(attempts)              # its first attempt was the one above
         try:
             for _ in attempts:
-                node, row = db.claim_node(label, claimed_by, providers=providers,
-                                          result=result)
+                node, row = claim()
                 if node is not None:
                     break
         except wait.Timeout:

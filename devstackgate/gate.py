@@ -24,7 +24,7 @@ import shlex
 import time
 
 import vmdatabase
-from devstackgate import cells, fetch, log as console, metrics
+from devstackgate import cells, fetch, health, log as console, metrics
 from devstackgate.errors import GateError, UsageError
 
 log = logging.getLogger('gate')
@@ -42,9 +42,14 @@ SAFETY_MARGIN = 60
 #: rsync-timeout): Jenkins does not wait long after its SIGTERM.
 ABORT_COPY_TIMEOUT = 120
 
-FINAL_RESULTS = ('success', 'failure', 'timeout', 'aborted')
+FINAL_RESULTS = ('success', 'failure', 'timeout', 'infra', 'aborted')
 DELETE_RESULTS = ('success', 'aborted')
-HOLD_RESULTS = ('failure', 'timeout')
+HOLD_RESULTS = ('failure', 'timeout', 'infra')
+#: How each result reads on the console: its failure class.  'infra' is a node
+#: (or the pool) that failed, not the change: SSH, the host key, a copy, the
+#: node stopping mid-run, or no node in time.
+CLASSES = {'success': 'success', 'failure': 'test failure', 'timeout': 'timeout',
+           'infra': 'infra failure', 'aborted': 'aborted'}
 
 
 def _number(value):
@@ -103,6 +108,10 @@ def settings(config, labels=None, environ=None, db=None):
         ('GATE_RSYNC_TIMEOUT', _number(gate.rsync_timeout)),
         ('GATE_ABORT_COPY_TIMEOUT', _number(min(gate.rsync_timeout, ABORT_COPY_TIMEOUT))),
         ('GATE_HOLD_HOURS', _number(config.hold_hours)),
+        ('GATE_ATTEMPTS', str(gate.attempts)),
+        ('GATE_INFRA_HOLD_MINUTES', _number(gate.infra_hold_minutes)),
+        ('GATE_ALIVE_INTERVAL', _number(gate.alive_interval)),
+        ('GATE_ALIVE_COUNT', str(gate.alive_count)),
         ('GATE_SSH_KEY', config.ssh_private_key),
     ]
 
@@ -116,6 +125,14 @@ def shell_lines(pairs):
         else:
             lines.append('%s=%s' % (name, shlex.quote(str(value))))
     return lines
+
+
+def hold_seconds(config, result):
+    """How long a node that ended so is held: hold-hours, or briefly for an infra failure
+    (the node, not the change, failed; it is kept only to look at)."""
+    if result == 'infra':
+        return config.gate.infra_hold_minutes * 60
+    return config.hold_hours * 3600
 
 
 def hold_reason(result, change, job, build, detail=None):
@@ -156,7 +173,7 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
             if row.node_id != node.id:
                 raise UsageError('result %d belongs to node %s, not to node %s'
                                  % (result_id, row.node_id, describe(node)))
-            s.finish_result(result_id, result, now=now)
+            s.finish_result(result_id, result, now=now, detail=detail)
         if node.state != 'used':
             return node, row, None, None
         # Conditional updates: the reaper may take a node that ran past
@@ -168,7 +185,7 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
         job = (row and row.job_name) or identity['job_name']
         build = (row and row.build_number) or identity['build_number']
         change = (row and row.change_ref) or identity['change_ref']
-        hold = dict(hold_until=now + config.hold_hours * 3600,
+        hold = dict(hold_until=now + hold_seconds(config, result),
                     held_by=node.claimed_by or claimed_by,
                     hold_reason=hold_reason(result, change, job, build, detail))
         if not s.transition(node, 'hold', now=now, **hold):
@@ -176,6 +193,9 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
         return node, row, 'hold', hold
 
     node, row, action, hold = db.transact(record)
+    for line in health.after_result(db, config, node.provider, node.label, result,
+                                    image_id=row.image_id if row else node.image_id, now=now):
+        log.warning('node %s: %s', describe(node), line)
     stats = metrics.get()
     stats.incr(metrics.key('gate', node.provider, node.label, result))
     if row is not None:
@@ -188,7 +208,8 @@ def finish(config, node_id, result, result_id=None, detail=None, environ=None, d
     elif action == 'hold':
         log.info('node %s: result %s%s; held until %s (%s h) for %s: %s',
                  describe(node), result, ran, console.utc(hold['hold_until']),
-                 _number(config.hold_hours), hold['held_by'], hold['hold_reason'])
+                 _number(round(hold_seconds(config, result) / 3600, 2)), hold['held_by'],
+                 hold['hold_reason'])
     else:
         ok, outcome = _delete_server(config, node, connect, environ)
         (log.info if ok else log.warning)('node %s: result %s%s; deleting it: %s',

@@ -34,7 +34,7 @@ import threading
 import time
 
 import vmdatabase
-from devstackgate import cells, cloud, lease as leasemod, metrics, ssh, wait
+from devstackgate import cells, cloud, lease as leasemod, log as console, metrics, ssh, wait
 from devstackgate.errors import GateError
 
 log = logging.getLogger('launch')
@@ -138,6 +138,8 @@ class Launcher:
         self.summary = Summary(provider.name, {i.name: LabelSummary() for i in provider.images})
         self._key_name = None
         self._key_lock = threading.Lock()
+        self.canary_labels = {}     # label -> the Quarantine its canary (this run's) probes
+        self.canaries = set()       # node ids booted as canaries
         self._count_lock = threading.Lock()     # the summary's counters, bumped by workers
 
     # -- bookkeeping ------------------------------------------------------
@@ -234,7 +236,10 @@ class Launcher:
         capacity = max(0, self.provider.max_servers - held)
         counts = collections.Counter((n.label, n.state) for n in rows)
         disabled = cells.disabled(self.config, self.db)
+        quarantines = {q.label: q for q in self.db.transact(
+            lambda ses: ses.quarantines(provider=self.provider.name))}
         wanted = {}
+        now = time.time()
         for image in self.provider.images:
             s = self._label(image.name)
             s.ready, s.building = counts[(image.name, 'ready')], counts[(image.name, 'building')]
@@ -242,6 +247,14 @@ class Launcher:
                 s.note = disabled[image.name]
                 log.info('%s %s: %s; not launching', self.provider.name, image.name,
                          disabled[image.name])
+                continue
+            q = quarantines.get(image.name)
+            if q is not None and (now < q.probe_after or s.building):
+                s.note = 'quarantined by %s since %s: %s' % (q.set_by, console.utc(q.since),
+                                                              q.reason)
+                log.info('%s %s: quarantined (%s); not launching%s', self.provider.name,
+                         image.name, q.reason, '' if s.building else
+                         ', a canary probes it after %s' % console.utc(q.probe_after))
                 continue
             current = self.current_image(image.name)
             if current is None:
@@ -251,6 +264,11 @@ class Launcher:
                             image.name)
                 continue
             deficit = image.min_ready - (s.ready + s.building)
+            if q is not None:           # cooled down: one canary, watched before it ends it
+                log.info('%s %s: quarantined since %s; probing it with one canary node',
+                         self.provider.name, image.name, console.utc(q.since))
+                self.canary_labels[image.name] = q
+                deficit = 1
             if deficit > 0:
                 wanted[image.name] = (deficit, current)
         # Share the capacity round-robin, so one label cannot starve the others.
@@ -295,6 +313,8 @@ class Launcher:
             return dataclasses.replace(row, name=name)
         node = self.db.transact(record)
         name = node.name
+        if self.canary_labels.pop(label, None) is not None:
+            self.canaries.add(node.id)
         log.info('%s: booting from image %s on flavor %s', describe(node), image_row.name,
                  flavor.name)
         self._bump(label, 'launched')
@@ -432,7 +452,58 @@ class Launcher:
         self.db.transact(tx)
 
     def _check_and_finish(self, node):
-        self._checked(node, self.check_node(node, node.ip))
+        check = self.check_node(node, node.ip)
+        if check.outcome == 'ready' and node.id in self.canaries:
+            check = self.watch_canary(node, check)
+        self._checked(node, check)
+
+    def watch_canary(self, node, check):
+        """A quarantined provider's canary: it must keep answering SSH for
+        canary-watch seconds; then the quarantine ends, else it is probed again
+        after another cool-down."""
+        watch = self.config.canary_watch
+        log.info('%s: canary of the quarantined %s %s: watching it for %g s',
+                 describe(node), self.provider.name, node.label, watch)
+        ok, why = True, None
+        started = time.monotonic()
+        try:
+            client = ssh.connect(node.ip, self.provider.ssh_port, node.username, self.pkey,
+                                 self.config.ssh_connect_timeout, host_key=check.host_key)
+            try:
+                client.get_transport().set_keepalive(max(1, int(watch // 10) or 1))
+                status, output = ssh.run(client, 'sleep %s && echo canary-alive' % int(watch),
+                                         watch + self.config.ssh_connect_timeout)
+            finally:
+                client.close()
+            ok = status == 0 and 'canary-alive' in output
+            if not ok:      # -1: the session was cut (paramiko's "no exit status")
+                why = ('it stopped answering (its SSH session was cut after %.0f s)'
+                       % (time.monotonic() - started) if status == -1
+                       else 'its watch ended with exit %s' % status)
+        except Exception as e:  # the node died under the watch: what a canary is for
+            ok, why = False, 'it stopped answering (%s)' % type(e).__name__
+        now = time.time()
+
+        def tx(s):
+            (q,) = s.quarantines(self.provider.name, node.label) or (None,)
+            if q is None:
+                return None
+            if ok:
+                s.release_quarantine(self.provider.name, node.label)
+            else:
+                s.probe_failed(q, now + self.config.quarantine_cooldown_minutes * 60)
+            return q
+        q = self.db.transact(tx)
+        if ok:
+            if q is not None:
+                log.warning('%s %s: the canary %s stayed up for %g s: quarantine ended (it '
+                            'began %s: %s)', self.provider.name, node.label, node.name, watch,
+                            console.utc(q.since), q.reason)
+            return check
+        log.warning('%s %s: the canary %s failed: %s; still quarantined, probed again in %g '
+                    'min', self.provider.name, node.label, node.name, why,
+                    self.config.quarantine_cooldown_minutes)
+        return Check('failed', 'canary', 'canary of a quarantined provider: %s' % why)
 
     def _state(self, node):
         row = self.db.transact(lambda s: s.get_node(node.id))

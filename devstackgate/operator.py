@@ -28,7 +28,7 @@ import shlex
 import time
 
 import vmdatabase
-from devstackgate import cells, cloud, image, reap, ssh, wait
+from devstackgate import cells, cloud, health, image, reap, ssh, wait
 from devstackgate import log as console
 from devstackgate.errors import DatabaseError, GateError, UsageError
 
@@ -410,6 +410,57 @@ def image_unpause(db, config, label, provider=None, now=None):
                         '%s (without --provider) lifts it'
                         % (label, ' by %s' % pause['set_by'] if pause['set_by'] else '', label))
     return {'label': label, 'provider': provider, 'lifted': lifted, 'paused': left}
+
+
+#: probe_after of an operator's quarantine: never probed; it lasts until released.
+NEVER = 1e18
+
+
+def quarantines(db, config, provider=None, label=None, now=None):
+    """The quarantines in force, with their age."""
+    now = time.time() if now is None else now
+    rows = db.transact(lambda s: s.quarantines(provider=provider, label=label))
+    return [dict(dataclasses.asdict(q), age=now - q.since,
+                 probe_after=None if q.probe_after >= NEVER else q.probe_after) for q in rows]
+
+
+def quarantine(db, config, provider, label, reason, set_by=None, probe_minutes=None, now=None):
+    """Quarantine a provider's label by hand: fetch takes its nodes only when no other
+    provider has one, launch does not top it up.  It lasts until released, or, with
+    probe_minutes, until a canary passes after that long."""
+    check_offered(config, provider, label)
+    if not reason or not reason.strip():
+        raise UsageError('quarantine: give the reason (--reason TEXT)')
+    now = time.time() if now is None else now
+    set_by = set_by or user()
+    probe_after = NEVER if probe_minutes is None else now + probe_minutes * 60
+    new = db.transact(lambda s: s.quarantine(provider, label, set_by, reason, probe_after,
+                                             now=now))
+    log.info('%s %s: %s by %s: %s; %s', provider, label,
+             'quarantined' if new else 'quarantine renewed', set_by, reason,
+             'until released' if probe_minutes is None
+             else 'a canary probes it after %g min' % probe_minutes)
+    return {'quarantines': quarantines(db, config, provider, label, now)}
+
+
+def quarantine_release(db, config, provider, label, set_by=None, now=None):
+    check_offered(config, provider, label)
+    set_by = set_by or user()
+    if not db.transact(lambda s: s.release_quarantine(provider, label)):
+        raise GateError('%s %s is not quarantined' % (provider, label))
+    log.info('%s %s: quarantine released by %s; fetch and launch use it again', provider,
+             label, set_by)
+    return {'provider': provider, 'label': label, 'released_by': set_by,
+            'quarantines': quarantines(db, config, now=now)}
+
+
+def image_guard_undo(db, config, provider, label, set_by=None, now=None):
+    """Undo the image guard's demotion of provider+label's newest image (health.guard_undo)."""
+    check_offered(config, provider, label)
+    row = health.guard_undo(db, provider, label, set_by or user(), now=now)
+    now = time.time() if now is None else now
+    return {'provider': provider, 'label': label, 'image': row.id,
+            'images': _label_images(db, provider, label, now)}
 
 
 def label_disable(db, config, label, reason, set_by=None, now=None):

@@ -17,19 +17,16 @@ for an image build's canary) or failed with a reason (error, no-network,
 timeout, quota, vanished, no-address, ready-check, lost, ...).  The time to
 ready is from the node row's creation to the node passing its checks.
 
-The outlier rule (:func:`judge`): a provider is marked for a label when
-
-1. it has at least :data:`MIN_RUNS` runs with a verdict for that label in the
-   window, and the other providers of the label together have at least
-   :data:`MIN_RUNS` too (a small sample is never judged), and
-2. its failure rate is at least :data:`OUTLIER_MARGIN` above the failure rate
-   of all the other providers' runs of that label taken together, and
-3. at least :data:`OUTLIER_FACTOR` times that rate.
-
-The margin keeps 4% against 2% from being marked; the factor keeps 75%
-against 60% (a change breaking everything, not a provider) from being
-marked.  The figure compared to is kept with the result (``compared_to``,
-``compared_runs``).
+The outlier rule (:func:`judge`), the provider-health test of
+devstackgate.health: a provider is marked for a label when its failure rate is
+clearly worse than that of all the other providers' runs of the label taken
+together: at least ``health-min-runs`` runs with a verdict on each side, at
+least ``health-min-failures`` failures here, and a one-sided p-value of the
+two-proportion z-test of at most ``health-alpha``.  A small sample is never
+judged, and everyone failing alike (the change, not a provider) is not marked.
+Its infra-failure rate (runs ended ``infra``) is judged the same way
+(``infra_outlier``), and a quarantine in force is shown (``quarantined``).  The
+figure compared to is kept with the result (``compared_to``, ``compared_runs``).
 """
 
 import collections
@@ -37,16 +34,10 @@ import dataclasses
 import statistics
 import time
 
+from devstackgate import health
 from devstackgate.errors import UsageError
 
 DAY = 86400.0
-#: Runs with a verdict a provider needs in the window, and the other providers
-#: of the label together, before a provider is judged.
-MIN_RUNS = 10
-#: How far above the other providers' failure rate (absolute) an outlier is, at least.
-OUTLIER_MARGIN = 0.15
-#: How many times the other providers' failure rate an outlier is, at least.
-OUTLIER_FACTOR = 1.5
 #: The results that are a verdict on a run.
 VERDICTS = ('success', 'failure', 'timeout')
 #: The launch outcomes that count as a node that became ready.
@@ -59,6 +50,7 @@ class GateRuns:
     successes: int = 0
     failures: int = 0
     timeouts: int = 0
+    infra: int = 0              # ended by the node, not the change (no verdict on it)
     aborted: int = 0
     running: int = 0
     failure_rate: float = None  # (failures + timeouts) / runs; None without runs
@@ -88,6 +80,10 @@ class Cell:
     compared_to: float = None   # failure rate of the other providers' runs of this label
     compared_runs: int = 0      # how many runs with a verdict that rate is over
     why: str = ''               # the judgement in words
+    p_value: float = None       # of the test behind the judgement
+    infra_outlier: bool = False  # its infra-failure rate is clearly worse than the others'
+    infra_why: str = ''
+    quarantined: str = None     # the reason of a quarantine in force, else None
 
 
 @dataclasses.dataclass
@@ -96,8 +92,8 @@ class Stats:
     until: float
     days: float
     min_runs: int
-    outlier_margin: float
-    outlier_factor: float
+    min_failures: int
+    alpha: float
     cells: list                 # [Cell], by provider then label
 
     def to_dict(self):
@@ -131,7 +127,7 @@ def _gate_runs(counts, median_seconds):
     """GateRuns of {result: runs} and the median run time."""
     g = GateRuns(running=counts.get('running', 0), aborted=counts.get('aborted', 0),
                  successes=counts.get('success', 0), failures=counts.get('failure', 0),
-                 timeouts=counts.get('timeout', 0))
+                 timeouts=counts.get('timeout', 0), infra=counts.get('infra', 0))
     g.runs = g.successes + g.failures + g.timeouts
     g.failure_rate = rate(g.failures + g.timeouts, g.runs)
     g.median_seconds = median_seconds
@@ -172,7 +168,7 @@ def median_of(n, fetch):
     return statistics.median(fetch((n - 1) // 2, 1 if n % 2 else 2))
 
 
-def judge(cells, min_runs=MIN_RUNS, margin=OUTLIER_MARGIN, factor=OUTLIER_FACTOR):
+def judge(cells, limits):
     """Mark the outliers among `cells` (see the module docstring), in place."""
     by_label = collections.defaultdict(list)
     for c in cells:
@@ -183,22 +179,28 @@ def judge(cells, min_runs=MIN_RUNS, margin=OUTLIER_MARGIN, factor=OUTLIER_FACTOR
             bad = sum(o.gate.failures + o.gate.timeouts for o in others)
             c.compared_runs = sum(o.gate.runs for o in others)
             c.compared_to = rate(bad, c.compared_runs)
-            mine = c.gate.failure_rate
             if not others:
-                c.why = 'no other provider ran %s' % label
-            elif c.gate.runs < min_runs or c.compared_runs < min_runs:
-                c.why = ('too few runs to judge (%d here, %d on the other providers; %d each '
-                         'needed)' % (c.gate.runs, c.compared_runs, min_runs))
-            else:
-                c.judged = True
-                c.outlier = (mine >= c.compared_to + margin
-                             and mine >= factor * c.compared_to)
-                c.why = '%s failed %s of %d runs; the other providers %s of %d' % (
-                    c.provider, percent(mine), c.gate.runs, percent(c.compared_to),
-                    c.compared_runs)
-                if c.outlier:
-                    c.why += ' (outlier: at least %s above and %gx theirs)' % (
-                        percent(margin), factor)
+                c.why = c.infra_why = 'no other provider ran %s' % label
+                continue
+            test = health.judge(c.provider, label, 'test', c.gate.failures + c.gate.timeouts,
+                                c.gate.runs, bad, c.compared_runs, limits)
+            c.p_value = test.p_value
+            c.judged = test.why is None or test.why.startswith('too few failures')
+            c.outlier = test.worse
+            c.why = '%s failed %s of %d runs; the other providers %s of %d' % (
+                c.provider, percent(test.rate), c.gate.runs, percent(c.compared_to),
+                c.compared_runs)
+            if test.why:
+                c.why = '%s: %s' % (test.why, c.why)
+            elif c.outlier:
+                c.why += ' (outlier: p = %.2g <= %g)' % (test.p_value, limits.alpha)
+            infra = health.judge(c.provider, label, 'infra', c.gate.infra,
+                                 c.gate.runs + c.gate.infra,
+                                 sum(o.gate.infra for o in others),
+                                 sum(o.gate.runs + o.gate.infra for o in others), limits)
+            c.infra_outlier = infra.worse
+            c.infra_why = 'infra failures %s' % infra.figures() + (
+                ' (%s)' % infra.why if infra.why else '')
     return cells
 
 
@@ -206,9 +208,9 @@ def percent(fraction):
     return '-' if fraction is None else '%.0f%%' % (100 * fraction)
 
 
-def compute(db, config, days=7, now=None, min_runs=MIN_RUNS, margin=OUTLIER_MARGIN,
-            factor=OUTLIER_FACTOR):
-    """Stats of the last `days` days up to `now`, per provider and label.
+def compute(db, config, days=7, now=None, limits=None):
+    """Stats of the last `days` days up to `now`, per provider and label (`limits`:
+    health.Limits, default the configuration's).
 
     The cells are every (provider, label) of the configuration, and any other
     that has results or launches in the window (a provider since removed).
@@ -246,8 +248,13 @@ def compute(db, config, days=7, now=None, min_runs=MIN_RUNS, margin=OUTLIER_MARG
                 timed[(provider, label)], lambda offset, limit: s.launch_seconds(
                     provider, label, READY_OUTCOMES, since, now, offset, limit)))
             cells.append(Cell(provider, label, gate, launch))
+        quarantines = {(q.provider, q.label): q for q in s.quarantines()}
+        for c in cells:
+            q = quarantines.get((c.provider, c.label))
+            c.quarantined = None if q is None else '%s (by %s)' % (q.reason, q.set_by)
         return cells
+    limits = limits or health.Limits.from_config(config)
     cells = db.transact(tx)
-    judge(cells, min_runs, margin, factor)
-    return Stats(since=since, until=now, days=days, min_runs=min_runs, outlier_margin=margin,
-                 outlier_factor=factor, cells=cells)
+    judge(cells, limits)
+    return Stats(since=since, until=now, days=days, min_runs=limits.min_runs,
+                 min_failures=limits.min_failures, alpha=limits.alpha, cells=cells)

@@ -37,6 +37,7 @@ STATES = ('building', 'ready', 'used', 'hold', 'delete', 'error')
 STATE_COLORS = {'building': '#f0b429', 'ready': '#2f9e44', 'used': '#1c7ed6',
                 'hold': '#ae3ec9', 'delete': '#868e96', 'error': '#e03131'}
 RESULT_COLORS = {'success': '#2f9e44', 'failure': '#e03131', 'timeout': '#f76707',
+                 'infra': '#ae3ec9',
                  'aborted': '#868e96', 'running': '#74c0fc'}
 PALETTE = ('#1c7ed6', '#e8590c', '#2f9e44', '#ae3ec9', '#0c8599', '#f59f00', '#c2255c',
            '#5c940d')
@@ -314,6 +315,9 @@ def render(db, config, now=None):
     badges += ['<span class="bad">outlier: %s %s fails %s of gate runs</span>'
                % (esc(c.provider), esc(c.label), percent(c.gate.failure_rate))
                for c in figures.outliers]
+    badges += ['<span class="bad">quarantined: %s %s (%s)</span>'
+               % (esc(c.provider), esc(c.label), esc(c.quarantined))
+               for c in figures.cells if c.quarantined]
     badges.append('<span>%d held</span>' % len(held))
     if disabled:
         badges.append('<span class="bad">%d label(s) disabled</span>' % len(disabled))
@@ -398,6 +402,11 @@ def _rates_section(figures):
     for c in figures.cells:
         mark = ('<span class="outlier">outlier</span>' if c.outlier
                 else '<span class="ok">ok</span>' if c.judged else '')
+        if c.quarantined:
+            mark += ' <span class="outlier">quarantined</span>'
+        elif c.infra_outlier:
+            mark += ' <span class="outlier">infra</span>'
+
         reasons = ', '.join('%s %d (%s)' % (esc(k), v, percent(c.launch.reason_rates[k]))
                             for k, v in c.launch.reasons.items()) or '-'
         rows.append([
@@ -416,10 +425,11 @@ def _rates_section(figures):
         '<p class="note">Gate runs started in the window with a verdict (success, failure, '
         'timeout); the failure rate counts failures and timeouts.  The bar is the rate, the '
         'black tick the rate of all the other providers\' runs of that label.  A provider is '
-        'an outlier when both it and the other providers have at least %d runs, and its rate '
-        'is at least %s above theirs and at least %gx theirs.  Launches: every launch that '
+        'an outlier when both it and the other providers have at least %d runs, it has at '
+        'least %d failures, and a two-proportion z-test puts the chance that its rate is as '
+        'much higher by luck at most %g.  Launches: every launch that '
         'ended in the window (the launch history), failed ones by reason.</p>'
-        % (figures.min_runs, percent(figures.outlier_margin), figures.outlier_factor),
+        % (figures.min_runs, figures.min_failures, figures.alpha),
         '</section>'])
 
 

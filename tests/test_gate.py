@@ -145,7 +145,7 @@ def test_failing_change_holds_its_node_with_logs(tmp_path, gate_for, gerrit, sql
     # The node's logs came back even though the test failed.
     assert run.log('node/stack.sh.log') == 'stack.sh: done\n'
     assert out.rstrip().splitlines()[-1].endswith(
-        '%s #7: failure on node %s (rax), held for 6 h; logs in %s'
+        '%s #7: failure (test failure) on node %s (rax), held for 6 h; logs in %s'
         % (JOB, node.name, run.workspace / 'logs'))
 
 
@@ -186,10 +186,17 @@ def test_changed_host_key_aborts_before_copying(tmp_path, gate_for, gerrit, sqli
     assert not os.path.exists(os.path.join(root, 'workspace'))
     assert 'stack.sh' not in out
     held = pool.db.transact(lambda s: s.get_node(node.id))
+    # The node, not the change, failed: held briefly, and the run looks for another node.
     assert held.state == 'hold'
-    assert held.hold_reason == ('failure: change 1001,1 (job %s, build 42); host key changed'
+    assert held.hold_reason == ('infra: change 1001,1 (job %s, build 42); host key changed'
                                 % JOB)
-    assert [r.result for r in results(pool)] == ['failure']
+    assert held.hold_until == pytest.approx(held.state_time + 3600, abs=5)
+    assert [(r.result, r.detail) for r in results(pool)] == [('infra', 'host key changed')]
+    assert ('attempt 1 of 3: node %s (rax) abandoned (host key changed), held 60 min with '
+            'reason infra' % node.name) in out
+    assert 'preferring another provider than rax' in out
+    assert out.rstrip().splitlines()[-1].endswith(
+        '%s #42: infra failure: no node of label precise (attempt 2 of 3)' % JOB)
 
 
 def test_unexpected_error_once_the_node_is_ours_holds_it(tmp_path, gate_for, gerrit,
@@ -267,8 +274,10 @@ def test_conflicting_change_fails_before_any_node_is_fetched(tmp_path, gerrit, d
     assert code == 1, out
     assert 'no change under test' in out.splitlines()[0]
     assert "no ready node of label 'oneiric'" in out
-    assert out.rstrip().splitlines()[-1].endswith(
+    assert out.rstrip().splitlines()[-2].endswith(
         'error: devstack-vm-fetch gave no node of label oneiric for %s #42 (exit 1)' % JOB)
+    assert out.rstrip().splitlines()[-1].endswith(
+        '%s #42: infra failure: no node of label oneiric (attempt 1 of 3)' % JOB)
     # Second run in the same workspace: the clones are updated, the change conflicts.
     run = GateRun(pool, tmp_path / 'jenkins', **change_env(gerrit.changes['conflict']))
     code, out = run.run()

@@ -21,7 +21,7 @@ def row(db, provider='rax', scope=leasemod.LAUNCH):
 
 def test_the_schema_has_the_leases_table(db_url):
     db = vmdatabase.Database(db_url).upgrade()
-    assert db.version() == vmdatabase.schema_version() == 8
+    assert db.version() == vmdatabase.schema_version() == 9
     assert db.transact(lambda s: s.leases()) == []
     # The database's clock, in epoch seconds, close to ours.
     assert abs(db.transact(lambda s: s.db_now()) - time.time()) < 5

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import vmdatabase
-from devstackgate import config as configmod, launch, stats
+from devstackgate import config as configmod, health, launch, stats
 from devstackgate.errors import UsageError
 
 DAY = 86400.0
@@ -114,7 +114,7 @@ def test_days_window(tmp_path, db_url, db):
 
 def test_a_provider_that_fails_more_is_marked(tmp_path, db_url, db):
     config = make_config(tmp_path, db_url)
-    add_runs(db, 'rax', 'precise', ['failure'] * 8 + ['success'] * 12)             # 40%
+    add_runs(db, 'rax', 'precise', ['failure'] * 10 + ['success'] * 10)            # 50%
     add_runs(db, 'hp', 'precise', ['failure'] + ['success'] * 19)                  # 5%
     add_runs(db, 'ovh', 'precise', ['timeout'] + ['success'] * 9)                  # 10%
 
@@ -122,41 +122,43 @@ def test_a_provider_that_fails_more_is_marked(tmp_path, db_url, db):
 
     rax = result.cell('rax', 'precise')
     assert (rax.judged, rax.outlier) == (True, True)
-    assert rax.gate.failure_rate == 0.4
+    assert rax.gate.failure_rate == 0.5
     assert rax.compared_runs == 30
     assert rax.compared_to == pytest.approx(2 / 30)
-    assert rax.why == ('rax failed 40% of 20 runs; the other providers 7% of 30 '
-                       '(outlier: at least 15% above and 1.5x theirs)')
+    assert rax.why == ('rax failed 50% of 20 runs; the other providers 7% of 30 '
+                       '(outlier: p = 0.00022 <= 0.001)')
+    assert rax.p_value == pytest.approx(0.00022, abs=5e-6)
     hp = result.cell('hp', 'precise')
     assert (hp.judged, hp.outlier, hp.compared_runs) == (True, False, 30)
-    assert hp.compared_to == pytest.approx(9 / 30)
+    assert hp.compared_to == pytest.approx(11 / 30)
     assert [(c.provider, c.label) for c in result.outliers] == [('rax', 'precise')]
-    # The limits are part of the result.
-    assert (result.min_runs, result.outlier_margin, result.outlier_factor) == (
-        stats.MIN_RUNS, stats.OUTLIER_MARGIN, stats.OUTLIER_FACTOR)
+    # The limits (the configuration's health-*) are part of the result.
+    assert (result.min_runs, result.min_failures, result.alpha) == (
+        config.health_min_runs, config.health_min_failures, config.health_alpha)
 
 
 def test_a_small_sample_is_not_judged(tmp_path, db_url, db):
     config = make_config(tmp_path, db_url)
-    add_runs(db, 'rax', 'precise', ['failure'] * (stats.MIN_RUNS - 1))            # 100%
+    add_runs(db, 'rax', 'precise', ['failure'] * (config.health_min_runs - 1))    # 100%
     add_runs(db, 'hp', 'precise', ['success'] * 30)
 
     result = stats.compute(db, config, now=NOW)
 
     rax = result.cell('rax', 'precise')
     assert (rax.judged, rax.outlier, rax.gate.failure_rate) == (False, False, 1.0)
-    assert rax.why == 'too few runs to judge (9 here, 30 on the other providers; 10 each needed)'
+    assert rax.why.startswith('too few runs (4 here, 30 to compare with; 5 each needed)')
     assert result.outliers == []
     # One more run and it is judged, and marked.
     add_runs(db, 'rax', 'precise', ['failure'])
     assert [c.provider for c in stats.compute(db, config, now=NOW).outliers] == ['rax']
-    # The limit is a parameter too.
-    assert stats.compute(db, config, now=NOW, min_runs=11).outliers == []
+    # The limits are parameters too.
+    limits = health.Limits(24, 100, 6, 3, 0.01)
+    assert stats.compute(db, config, now=NOW, limits=limits).outliers == []
 
 
 def test_everyone_failing_is_the_change_not_a_provider(tmp_path, db_url, db):
-    """Margin and factor both: 75% against 60% is not an outlier (the factor), nor
-    4% against 1% (the margin)."""
+    """75% against 60% is not an outlier (luck explains it: p = 0.12), nor 4% against 1%
+    (one failure is too few to judge)."""
     config = make_config(tmp_path, db_url)
     add_runs(db, 'rax', 'precise', ['failure'] * 15 + ['success'] * 5)            # 75%
     add_runs(db, 'hp', 'precise', ['failure'] * 12 + ['success'] * 8)             # 60%
@@ -168,6 +170,7 @@ def test_everyone_failing_is_the_change_not_a_provider(tmp_path, db_url, db):
     add_runs(db, 'hp', 'quantal', ['failure'] + ['success'] * 99, start=NOW - 60)   # 1%
     quantal = stats.compute(db, config, days=0.5, now=NOW).cell('rax', 'quantal')
     assert quantal.judged and not quantal.outlier
+    assert quantal.why.startswith('too few failures (1; 3 needed)')
 
 
 def test_to_dict_is_json_and_keeps_unconfigured_providers(tmp_path, db_url, db):
@@ -184,8 +187,8 @@ def test_to_dict_is_json_and_keeps_unconfigured_providers(tmp_path, db_url, db):
     assert gone['gate']['runs'] == 1 and gone['gate']['median_seconds'] == 1800.0
     assert gone['launch']['reasons'] == {'unknown': 1}
     assert gone['compared_to'] == 0 or gone['compared_to'] is None
-    assert set(data) == {'since', 'until', 'days', 'min_runs', 'outlier_margin',
-                         'outlier_factor', 'cells'}
+    assert set(data) == {'since', 'until', 'days', 'min_runs', 'min_failures', 'alpha',
+                         'cells'}
 
 
 class NoCloud:

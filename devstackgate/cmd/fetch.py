@@ -35,16 +35,21 @@ def _full(argv):
                    help='only take a node from this provider (repeatable)')
     p.add_argument('--wait', type=float, default=0.0, metavar='SECONDS',
                    help='wait this long for a node to become ready (default: 0)')
+    p.add_argument('--avoid', action='append', metavar='P', default=[],
+                   help='take a node of this provider only when no other has one ready '
+                        '(repeatable; the gate\'s retry after an infra failure)')
 
     def body(args, config):
         from devstackgate.config_cache import FetchConfig
-        _fetch_and_print(FetchConfig.of(config), args.label, args.provider, args.wait)
+        _fetch_and_print(FetchConfig.of(config), args.label, args.provider, args.wait,
+                         avoid=args.avoid)
 
     return common.run(PROG, p, argv, body, check_clouds=False, cache=True)
 
 
-def _fetch_and_print(config, label, providers, wait_for):
-    node, result = fetch.fetch(config, label, providers=providers, wait_for=wait_for)
+def _fetch_and_print(config, label, providers, wait_for, avoid=()):
+    node, result = fetch.fetch(config, label, providers=providers, wait_for=wait_for,
+                               avoid=avoid)
     fetch.print_node(config, node, result)
 
 

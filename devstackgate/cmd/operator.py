@@ -11,6 +11,10 @@
     devstack-gate image-unpause LABEL [--provider P]
     devstack-gate label-disable LABEL --reason TEXT
     devstack-gate label-enable LABEL
+    devstack-gate quarantine PROVIDER LABEL --reason TEXT [--probe-after-minutes N]
+    devstack-gate quarantine-release PROVIDER LABEL
+    devstack-gate quarantine-list [--provider P] [--label L]
+    devstack-gate image-guard-undo PROVIDER LABEL
     devstack-gate stats [--days N]
     devstack-gate status-page OUT.html
     devstack-gate give NODE --key FILE|TEXT
@@ -129,7 +133,9 @@ def nodes_table(nodes, now):
 def images_table(images):
     def role(i):
         if i['state'] == 'ready':
-            return 'demoted' if i['demoted'] else (i['role'] or 'kept')
+            if i['demoted']:        # by an operator, or by the image guard with its figures
+                return 'demoted' + (' (%s)' % i['fail_reason'] if i['fail_reason'] else '')
+            return i['role'] or 'kept'
         return i['fail_reason'] or ''
     return render(IMAGE_HEADERS, [
         [i['id'], i['provider'], i['label'], i['name'], i['state'],
@@ -226,6 +232,49 @@ def cmd_label_enable(args, config, db, now):
     return data, switches_table(disabled=data['disabled']), None
 
 
+QUARANTINE_HEADERS = ['Provider/Label', 'Since', 'By', 'Probe', 'Reason']
+
+
+def quarantines_table(rows, now):
+    if not rows:
+        return 'No provider is quarantined.'
+    return render(QUARANTINE_HEADERS, [
+        [_pair(q['provider'], q['label']), operator.age_text(q['age']), q['set_by'],
+         'never (until released)' if q['probe_after'] is None
+         else console.utc(q['probe_after']), q['reason']] for q in rows],
+        wrap={'Reason': 3})
+
+
+def cmd_quarantine(args, config, db, now):
+    data = operator.quarantine(db, config, args.provider, args.label, args.reason,
+                               probe_minutes=args.probe_after_minutes, now=now)
+    return data, quarantines_table(data['quarantines'], now), None
+
+
+def cmd_quarantine_release(args, config, db, now):
+    data = operator.quarantine_release(db, config, args.provider, args.label, now=now)
+    return data, quarantines_table(data['quarantines'], now), None
+
+
+def cmd_quarantine_list(args, config, db, now):
+    rows = operator.quarantines(db, config, args.provider, args.label, now=now)
+    return rows, quarantines_table(rows, now), None
+
+
+def cmd_image_guard_undo(args, config, db, now):
+    data = operator.image_guard_undo(db, config, args.provider, args.label, now=now)
+    return data, images_table(data['images']), None
+
+
+def _quarantine_args(p):
+    _provider_label_args(p)
+    p.add_argument('--reason', metavar='TEXT', required=True,
+                   help='why, shown by quarantine-list and stats')
+    p.add_argument('--probe-after-minutes', metavar='N', type=float,
+                   help='probe it with a canary node after N minutes and end it if the canary '
+                        'stays up (default: until quarantine-release)')
+
+
 def _percent(rate):
     return '-' if rate is None else '%.0f%%' % (100 * rate)
 
@@ -247,6 +296,10 @@ def cmd_stats(args, config, db, now):
         reasons = ', '.join('%s %d' % kv for kv in sorted(l.reasons.items())) or '-'
         judgement = ('OUTLIER: %s vs %s' % (_percent(g.failure_rate), _percent(c.compared_to))
                      if c.outlier else ('ok' if c.judged else 'too few runs'))
+        if c.quarantined:
+            judgement += '\nQUARANTINED'
+        elif c.infra_outlier:
+            judgement += '\nINFRA: %d' % g.infra
         rows.append([_pair(c.provider, c.label), g.runs, failed, _minutes(g.median_seconds),
                      l.launches, '%s\n%s' % (_percent(l.failure_rate), reasons),
                      _minutes(l.median_seconds_to_ready), judgement])
@@ -254,9 +307,10 @@ def cmd_stats(args, config, db, now):
     text += '\n' + textwrap.fill(
         'Last %g day(s).  Fail: gate runs that failed or timed out (t/o); Boots: launches, '
         'Ready: their median time to ready.  OUTLIER: a provider whose gate failure rate, '
-        'over at least %d runs, is %.0f points above and %.1f times that of the other '
-        'providers of the label.' % (figures.days, figures.min_runs,
-                                     100 * figures.outlier_margin, figures.outlier_factor),
+        'over at least %d runs and %d failures, is higher than that of the other providers '
+        'of the label by more than luck explains (two-proportion z-test, p <= %g); INFRA: '
+        'the same of its infra failures; QUARANTINED: fetch takes its nodes last.'
+        % (figures.days, figures.min_runs, figures.min_failures, figures.alpha),
         WIDTH)
     return figures.to_dict(), text, None
 
@@ -389,6 +443,16 @@ COMMANDS = (
      'switch a label off: not launched, not built, skipped by gate runs'),
     ('label-enable', cmd_label_enable, True, lambda p: _disable_args(p, reason=False),
      'switch a label back on'),
+    ('quarantine', cmd_quarantine, True, _quarantine_args,
+     "quarantine a provider's label: fetch takes its nodes only when no other provider has "
+     'one ready, launch stops topping it up'),
+    ('quarantine-release', cmd_quarantine_release, True, _provider_label_args,
+     'end a quarantine (set by hand or by provider health)'),
+    ('quarantine-list', cmd_quarantine_list, False, _filters,
+     'the quarantines in force, who set them, why (the figures) and when they are probed'),
+    ('image-guard-undo', cmd_image_guard_undo, True, _provider_label_args,
+     "undo the image guard: the image it demoted is current again, its label's builds run "
+     'again, and the guard leaves it alone'),
     ('stats', cmd_stats, False, _stats_args,
      'per provider and label: gate runs, failure rate, launch failures by reason, time to '
      'ready; the providers whose failure rate stands out'),
