@@ -638,13 +638,16 @@ class Session:
         return self._select_matching(Result, node_id=node_id, result=result, provider=provider,
                                      label=label, image_id=image_id)
 
-    def results_between(self, since, until=None):
+    def results_between(self, since, until=None, label=None):
         """The results of gate runs started at or after `since` (and, given
-        `until`, at or before it), oldest first."""
+        `until`, at or before it; given `label`, of that label), oldest first."""
         where, params = 'start_time >= ?', [since]
         if until is not None:
             where, params = where + ' AND start_time <= ?', params + [until]
-        return self._select(Result, where, params, order='start_time, id')
+        if label is not None:
+            where, params = where + ' AND label = ?', params + [label]
+        rows = self._select(Result, where, params, order='start_time, id')
+        return [r for r in rows if label is None or r.label == label]     # exact (MariaDB)
 
     def result_counts(self, since, until):
         """{(provider, label, result): (runs, runs with an end time)} of the gate runs

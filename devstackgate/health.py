@@ -131,8 +131,8 @@ def judge(subject, label, what, x, n, other_x, other_n, limits):
 def window(s, label, limits, now, provider=None):
     """The finished runs of a label (of one provider, or all) in the window: the
     last window-runs of each provider that started within window-hours."""
-    rows = [r for r in s.results_between(now - limits.window_hours * 3600, now)
-            if r.label == label and r.result in FINISHED
+    rows = [r for r in s.results_between(now - limits.window_hours * 3600, now, label=label)
+            if r.result in FINISHED
             and (provider is None or r.provider == provider)]
     by_provider = collections.defaultdict(list)
     for r in sorted(rows, key=lambda r: (r.start_time, r.id)):
