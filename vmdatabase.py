@@ -1275,7 +1275,7 @@ class Database:
             return s._execute('SELECT version FROM schema_version').fetchone()[0]
 
     # -- the claim --------------------------------------------------------
-    def claim_node(self, label, claimed_by, providers=None, result=None):
+    def claim_node(self, label, claimed_by, providers=None, result=None, order=None):
         """Hand the oldest ready node of `label` to exactly one caller.
 
         On MySQL 8 and MariaDB 10.6+ the oldest ready row that no concurrent
@@ -1289,16 +1289,23 @@ class Database:
         a node has exactly one holder.  Optional `providers` restricts the
         choice; `result` (a dict of results columns) records a gate result
         row in the same transaction.  Returns (node, result) or (None, None)
-        when no node is ready.
+        when no node is ready.  `order`, instead of `providers`: a function of
+        the label's quarantined providers giving the provider tiers to try in
+        turn, in the same transaction (fetch.tiers).
         """
         def claim(s):
             # The claim's SQL lives in devstackgate.claim (fetch's fast path runs it too).
-            node, row = claimmod.claim(
-                s._execute, self.url.backend, label, claimed_by, _columns(Node),
-                _columns(Result), providers=providers, result=result,
-                skip_locked=lambda: self._has_skip_locked(s),
-                no_skip_locked=lambda: setattr(self, 'skip_locked', False),
-                driver_errors=self._driver_errors())
+            common = dict(result=result, skip_locked=lambda: self._has_skip_locked(s),
+                          no_skip_locked=lambda: setattr(self, 'skip_locked', False),
+                          driver_errors=self._driver_errors())
+            if order is not None:
+                node, row = claimmod.claim_first(s._execute, self.url.backend, label,
+                                                 claimed_by, _columns(Node), _columns(Result),
+                                                 order, **common)
+            else:
+                node, row = claimmod.claim(s._execute, self.url.backend, label, claimed_by,
+                                           _columns(Node), _columns(Result),
+                                           providers=providers, **common)
             return (Node(**node) if node else None), (Result(**row) if row else None)
 
         return self.transact(claim)

@@ -18,7 +18,7 @@ import traceback
 from bench import common
 
 #: Every benchmark module, in the order of the table.
-BENCHMARKS = ('handout', 'launch', 'reap', 'image', 'dbscale', 'health')
+BENCHMARKS = ('handout', 'launch', 'reap', 'image', 'dbscale', 'health', 'sizing')
 
 
 def main(argv=None):

@@ -147,6 +147,23 @@ def quarantined(execute, label):
     return sorted({p for p, lab in rows if lab == label})
 
 
+def claim_first(execute, backend, label, claimed_by, node_columns, result_columns, order,
+                result=None, skip_locked=None, no_skip_locked=None, driver_errors=()):
+    """claim() from the first provider tier with a ready node, in the caller's one
+    transaction: order(quarantined providers) gives the tiers (fetch.tiers)."""
+    try:
+        held = quarantined(execute, label)
+    except driver_errors:       # no quarantines table yet (an older schema): none
+        held = []
+    for tier in order(held):
+        node, row = claim(execute, backend, label, claimed_by, node_columns, result_columns,
+                          providers=tier, result=result, skip_locked=skip_locked,
+                          no_skip_locked=no_skip_locked, driver_errors=driver_errors)
+        if node is not None:
+            return node, row
+    return None, None
+
+
 class Row:
     """A row as attributes (what fetch reads of a node or a result)."""
 
@@ -187,28 +204,25 @@ class FastDatabase:
             self._full = vmdatabase.Database.from_config(self.config)
         return self._full
 
-    def claim_node(self, label, claimed_by, providers=None, result=None):
+    def claim_node(self, label, claimed_by, providers=None, result=None, order=None):
         """(node, result) as vmdatabase.Database.claim_node gives them, or (None, None)."""
         if self._full is None:
+            def run(execute, errors):
+                common = dict(result=result, skip_locked=self._has_skip_locked,
+                              no_skip_locked=self._no_skip_locked, driver_errors=errors)
+                if order is not None:
+                    return claim_first(execute, self.backend, label, claimed_by,
+                                       FETCH_NODE_COLUMNS, ('id',), order, **common)
+                return claim(execute, self.backend, label, claimed_by, FETCH_NODE_COLUMNS,
+                             providers=providers, **common)
             try:
-                node, row = self._transact(lambda execute, errors: claim(
-                    execute, self.backend, label, claimed_by, FETCH_NODE_COLUMNS,
-                    providers=providers, result=result, skip_locked=self._has_skip_locked,
-                    no_skip_locked=self._no_skip_locked, driver_errors=errors))
+                node, row = self._transact(run)
             except _Fallback:
                 pass
             else:
                 return (Row(node) if node else None), (Row(row) if row else None)
-        return self.full().claim_node(label, claimed_by, providers=providers, result=result)
-
-    def quarantined(self, label):
-        if self._full is None:
-            try:
-                return self._transact(lambda execute, errors: quarantined(execute, label))
-            except _Fallback:
-                pass
-        return self.full().transact(
-            lambda s: sorted({q.provider for q in s.quarantines(label=label)}))
+        return self.full().claim_node(label, claimed_by, providers=providers, result=result,
+                                      order=order)
 
     def node_counts(self, label):
         if self._full is None:

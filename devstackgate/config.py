@@ -176,6 +176,18 @@ GLOBAL_KEYS = {
     'health-alpha': Key('number', 0.001, minimum=0,
                         doc='largest one-sided p-value (two-proportion z-test) at which a '
                             'provider or an image is clearly worse than the others'),
+    'launch-period': Key('number', 600, minimum=1,
+                         doc='seconds between launch runs (its Jenkins timer); demand sizing '
+                             'looks this far ahead beyond a node\'s time to ready'),
+    'demand-history-days': Key('number', 14, minimum=0.01,
+                               doc='demand sizing learns the fetches\' daily and weekly profile, '
+                                   'and the times to ready, from this many days'),
+    'demand-recent-minutes': Key('number', 30, minimum=1,
+                                 doc='demand sizing\'s short-term trend: these minutes\' fetches '
+                                     'against what the profile expected'),
+    'demand-trend-limit': Key('number', 3, minimum=1,
+                              doc='the trend raises or lowers the profile at most this many '
+                                  'times'),
     'image-guard-alpha': Key('number', 0.01, minimum=0,
                              doc='the same for the image guard: a new image against the one it '
                                  'replaced (their runs are fewer, and a demotion is undone by '
@@ -275,6 +287,15 @@ IMAGE_KEYS = {
                        doc='command a node must pass over SSH before it joins the pool'),
     'validate': Key('str', None,
                     doc='extra command a canary node of a new image must pass'),
+    'pool-sizing': Key('str', 'static', choices=('static', 'demand'),
+                       doc='static keeps min-ready nodes ready; demand keeps what the coming '
+                           'fetches need (devstackgate.sizing), min-ready the floor'),
+    'max-ready': Key('int', None, minimum=0,
+                     doc='demand sizing keeps at most this many ready (unset: max-servers '
+                         'bounds it)'),
+    'service-level': Key('number', 0.99, minimum=0.5,
+                         doc='demand sizing: the chance that the fetches during a node\'s '
+                             'time to ready all find a ready node'),
 }
 
 # A bare-metal label: its nodes are its hosts, reset to their own pristine root, so
@@ -283,6 +304,9 @@ BAREMETAL_IMAGE_KEYS = {
     'name': Key('name', doc='a label of its hosts'),
     'min-ready': Key('int', None, minimum=0, doc='default: every host of the label'),
     'ready-check': IMAGE_KEYS['ready-check'],
+    'pool-sizing': IMAGE_KEYS['pool-sizing'],
+    'max-ready': IMAGE_KEYS['max-ready'],
+    'service-level': IMAGE_KEYS['service-level'],
 }
 KIND_IMAGE_KEYS = {'openstack': IMAGE_KEYS, 'baremetal': BAREMETAL_IMAGE_KEYS}
 
@@ -330,6 +354,9 @@ class ImageConfig:
     paused: bool
     ready_check: str
     validate: str
+    pool_sizing: str
+    max_ready: int
+    service_level: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,6 +485,10 @@ class Config:
     health_min_failures: int
     health_alpha: float
     image_guard_alpha: float
+    launch_period: float
+    demand_history_days: float
+    demand_recent_minutes: float
+    demand_trend_limit: float
     auto_quarantine: bool
     quarantine_cooldown_minutes: float
     canary_watch: float
@@ -558,6 +589,10 @@ def validate(data, path, check_clouds=True, environ=None):
                 errors.append('%s: %s.name: duplicate image name %r in provider %r'
                               % (path, iwhere, im['name'], p.get('name')))
             seen_images.add(im.get('name'))
+            if im.get('service-level') is not None and not 0.5 <= im['service-level'] < 1:
+                errors.append('%s: %s.service-level: expected a fraction >= 0.5 and below 1 '
+                              '(0.99: 99 %% of the time), got %r'
+                              % (path, iwhere, im['service-level']))
             if 'base-image' in im:
                 try:
                     re.compile(im['base-image'])

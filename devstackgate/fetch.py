@@ -82,17 +82,6 @@ def tiers(offering, providers=None, avoid=(), quarantined=()):
     return [t for t in out if t]
 
 
-def _quarantined(db, label):
-    """The label's quarantined providers; none when they cannot be read (an older schema)."""
-    from devstackgate.errors import DatabaseError
-    try:
-        if hasattr(db, 'quarantined'):
-            return db.quarantined(label)
-        return sorted({q.provider for q in db.transact(lambda s: s.quarantines(label=label))})
-    except DatabaseError:
-        return []
-
-
 def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
           clock=time.monotonic, sleep=time.sleep, avoid=()):
     """Claim a node; returns (node, result).  Raises UsageError or NoNodeAvailable.
@@ -117,14 +106,10 @@ def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
     claimed_by, result = job_identity(environ)
     metrics, stats = _metrics()
     started = clock()
-    order = tiers(offering, providers, avoid, _quarantined(db, label))
-
-    def claim():
-        for tier in order:
-            node, row = db.claim_node(label, claimed_by, providers=tier, result=result)
-            if node is not None:
-                return node, row
-        return None, None
+    def claim():            # the quarantines read and the claim: one transaction
+        return db.claim_node(label, claimed_by, result=result,
+                             order=lambda quarantined: tiers(offering, providers, avoid,
+                                                             quarantined))
     # The first attempt at once (as wait.iterate makes it); the wait's machinery
     # (and its logging) only when there is something to wait for.
     node, row = claim()

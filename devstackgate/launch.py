@@ -5,10 +5,12 @@ One run (what Jenkins starts every ten minutes, one matrix cell per provider):
 1. list the provider's servers once, and pick up nodes an earlier run left
    building (a node row is written before its server is created, and the
    server carries the node id in its metadata, so nothing is lost to a crash);
-2. per label that is not disabled and has a current image (a paused label is
-   launched too: a pause stops image builds only, so the pool keeps being
-   topped up from the current image, or the previous one after a demote):
-   deficit = min-ready - (ready + building), all labels together capped by
+2. per label that is not disabled or quarantined and has a current image (a
+   paused label is launched too: a pause stops image builds only, so the pool
+   keeps being topped up from the current image, or the previous one after a
+   demote): deficit = wanted - (ready + building), where wanted is min-ready,
+   or with ``pool-sizing: demand`` the target of devstackgate.sizing (logged
+   with its figures), all labels together capped by
    max-servers minus everything this provider holds (every node row in any
    state, plus our tagged servers that have no node row, such as image
    templates);
@@ -34,7 +36,8 @@ import threading
 import time
 
 import vmdatabase
-from devstackgate import cells, cloud, lease as leasemod, log as console, metrics, ssh, wait
+from devstackgate import (cells, cloud, lease as leasemod, log as console, metrics, sizing,
+                          ssh, wait)
 from devstackgate.errors import GateError
 
 log = logging.getLogger('launch')
@@ -263,7 +266,15 @@ class Launcher:
                 log.warning('%s %s: no ready image; not launching', self.provider.name,
                             image.name)
                 continue
-            deficit = image.min_ready - (s.ready + s.building)
+            want = image.min_ready
+            if image.pool_sizing == 'demand':
+                decision = sizing.decide(self.db, self.config, self.provider, image)
+                log.info('%s', decision.line())
+                metrics.get().gauge(metrics.key('sizing', self.provider.name, image.name,
+                                                'target'), decision.target)
+                want = decision.target
+                s.note = 'demand target %d' % want
+            deficit = want - (s.ready + s.building)
             if q is not None:           # cooled down: one canary, watched before it ends it
                 log.info('%s %s: quarantined since %s; probing it with one canary node',
                          self.provider.name, image.name, console.utc(q.since))

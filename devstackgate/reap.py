@@ -49,6 +49,8 @@ image-not-current    ready, booted from an image that is no longer current
                      (kept while there is no current image at all, and for a
                      canary of an image still being built)
 ready-too-old        ready longer than max-ready-hours after it was created
+surplus              ready beyond a demand-sized label's target (devstackgate.sizing),
+                     oldest first; never below min-ready, never a claimed node
 failed-build         an image row a build marked delete, and extra snapshots
                      of a ready image's build
 interrupted-build    an image row building longer than a build can take:
@@ -81,13 +83,13 @@ import sys
 import time
 
 import vmdatabase
-from devstackgate import cloud, image, lease as leasemod
+from devstackgate import cloud, image, lease as leasemod, sizing
 from devstackgate.errors import DatabaseError, GateError
 
 log = logging.getLogger('reap')
 
 REASONS = ('delete', 'error', 'used-too-long', 'hold-expired', 'build-timeout',
-           'image-not-current', 'ready-too-old', 'failed-build', 'interrupted-build',
+           'image-not-current', 'ready-too-old', 'surplus', 'failed-build', 'interrupted-build',
            'beyond-retention', 'demoted', 'deleted-by-operator', 'image-vanished',
            'template-done', 'snapshot-expired', 'leaked', 'leaked-keypair')
 # An image row marked delete by the reaper or the builder carries one of
@@ -288,14 +290,15 @@ def image_row_reason(row, limits, doomed, now):
 
 
 def plan(provider_name, limits, nodes, images, servers, cloud_images, current, leaks,
-         now, listed_at, keypairs=(), prefix=None):
+         now, listed_at, keypairs=(), prefix=None, targets=None):
     """What to delete and why.
 
     nodes, images: this provider's rows.  servers, cloud_images: the cloud's
     lists (taken at `listed_at`).  current: label -> current image row or None.
     leaks: the Leak rows of this run's sightings (one per untracked resource).
     keypairs: the cloud's keypair names; prefix: our node-prefix, to know
-    image builds' keypairs.
+    image builds' keypairs.  targets: label -> the ready nodes a demand-sized
+    label keeps (devstackgate.sizing; never below its min-ready).
     """
     p = Plan()
     listed_servers = {s.id: s for s in servers}
@@ -316,9 +319,15 @@ def plan(provider_name, limits, nodes, images, servers, cloud_images, current, l
             p.notes.append('%s %s (%s): entered delete after the cloud was listed; '
                            'settled by the next run' % (kind, name, ident))
 
-    # Node rows.
+    # Node rows; ready nodes beyond a demand-sized label's target go too, oldest first.
+    reasons = {n.id: node_reason(n, limits, current, image_by_id, now) for n in nodes}
+    for label, target in (targets or {}).items():
+        keep = sorted((n for n in nodes if n.label == label and n.state == 'ready'
+                       and reasons[n.id] is None), key=lambda n: (n.created, n.id))
+        for n in keep[:max(0, len(keep) - target)]:
+            reasons[n.id] = 'surplus'
     for n in nodes:
-        reason = node_reason(n, limits, current, image_by_id, now)
+        reason = reasons[n.id]
         if reason is None:
             continue
         name = n.name or 'node-%d' % n.id
@@ -536,7 +545,8 @@ class Reaper:
         self.lease.check()          # a sighting is counted by the lease's holder only
         leaks = self.sightings(leaked_servers, leaked_images, now)
         the_plan = plan(name, self.limits, nodes, images, servers, cloud_images, current, leaks,
-                        now, listed_at, keypairs=keypairs, prefix=self.config.node_prefix)
+                        now, listed_at, keypairs=keypairs, prefix=self.config.node_prefix,
+                        targets=self.targets())
         for note in the_plan.notes:
             log.info('%s: %s', name, note)
         try:
@@ -552,6 +562,16 @@ class Reaper:
                 print(line, file=self.err)
             self.err.flush()
         return self.summary
+
+    def targets(self):
+        """label -> ready nodes to keep, for the demand-sized labels (each logged)."""
+        out = {}
+        for label in self.provider.images:
+            if label.pool_sizing == 'demand':
+                decision = sizing.decide(self.db, self.config, self.provider, label)
+                log.info('%s', decision.line())
+                out[label.name] = decision.target
+        return out
 
     # -- applying a plan --------------------------------------------------
     def _row_key(self, row):

@@ -34,7 +34,7 @@ import dataclasses
 import statistics
 import time
 
-from devstackgate import health
+from devstackgate import health, sizing
 from devstackgate.errors import UsageError
 
 DAY = 86400.0
@@ -84,6 +84,7 @@ class Cell:
     infra_outlier: bool = False  # its infra-failure rate is clearly worse than the others'
     infra_why: str = ''
     quarantined: str = None     # the reason of a quarantine in force, else None
+    sizing: dict = None         # a demand-sized label's figures now (devstackgate.sizing)
 
 
 @dataclasses.dataclass
@@ -256,5 +257,11 @@ def compute(db, config, days=7, now=None, limits=None):
     limits = limits or health.Limits.from_config(config)
     cells = db.transact(tx)
     judge(cells, limits)
+    for c in cells:
+        p = next((p for p in config.providers if p.name == c.provider), None)
+        image = p.image(c.label) if p is not None else None
+        if image is not None and image.pool_sizing == 'demand':
+            decision = sizing.decide(db, config, p, image, now=now)
+            c.sizing = dict(dataclasses.asdict(decision), line=decision.line())
     return Stats(since=since, until=now, days=days, min_runs=limits.min_runs,
                  min_failures=limits.min_failures, alpha=limits.alpha, cells=cells)

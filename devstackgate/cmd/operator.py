@@ -312,6 +312,10 @@ def cmd_stats(args, config, db, now):
         'the same of its infra failures; QUARANTINED: fetch takes its nodes last.'
         % (figures.days, figures.min_runs, figures.min_failures, figures.alpha),
         WIDTH)
+    sized = [c.sizing['line'] for c in figures.cells if c.sizing]
+    if sized:
+        text += '\n\nDemand sizing now (rate, lead time, target):\n' + '\n'.join(
+            textwrap.fill(line, WIDTH, subsequent_indent='  ') for line in sized)
     return figures.to_dict(), text, None
 
 
