@@ -1,7 +1,9 @@
 """One running local cloud: its state, its API listener and its knobs.
 
 The API listener (127.0.0.1, one port) serves keystone under /identity, nova
-under /compute and glance under /image, the URLs the token's catalog lists.
+under /compute, glance under /image, cinder under /volume (unless
+``block-storage: false``) and, with ``network-service: true``, neutron under
+/networking: the URLs the token's catalog lists.
 Every call is counted under "METHOD /path/{template}", then delayed by
 api-latency (and a DELETE also by delete-latency), then possibly answered with
 an injected 500 or 429, then handled, and its answer garbled if the
@@ -23,13 +25,22 @@ import time
 import uuid
 
 from localcloud import faults as faults_mod
-from localcloud import glance, keystone, nova, nonsense
+from localcloud import cinder, glance, keystone, neutron, nova, nonsense
 from localcloud.state import ApiError, CloudState
 from localcloud.web import (ListenError, Listener, NoRoute, Response,
                             generic_template)
 
 LOG = logging.getLogger("localcloud")
+#: Always served.
 SERVICES = (keystone, nova, glance)
+
+
+def services_of(config):
+    """The API modules one cloud serves: keystone, nova and glance, cinder
+    unless ``block-storage: false``, neutron with ``network-service:
+    true``.  A module not served answers 404 like any unknown path."""
+    return SERVICES + ((cinder,) if config.block_storage else ()) + \
+        ((neutron,) if config.network_service else ())
 
 
 def _knob_names(update, kwargs):
@@ -46,6 +57,7 @@ class Cloud:
         self.name = config.name
         self.state_dir = state_dir
         self.state = CloudState(config, state_dir)
+        self.services = services_of(config)
         self.port = None
         self._listener = None
         self._transition = threading.Lock()
@@ -164,12 +176,19 @@ class Cloud:
                 "auth_url": self.auth_url, "region": self.config.region,
                 "ssh_port": self.config.ssh_port,
                 "address_range": str(self.config.address_range),
+                # network service: where fixed and floating addresses come
+                # from (without it: the address range and None)
+                "fixed_range": str(self.config.fixed_range),
+                "floating_range": str(self.config.floating_range)
+                if self.config.floating_range is not None else None,
+                "services": [module.PREFIX.strip("/")
+                             for module in self.services],
                 "outage": self._listener is None}
 
     # -- API ------------------------------------------------------------------------
 
     def _service(self, path):
-        for module in SERVICES:
+        for module in self.services:
             prefix = module.PREFIX
             if path == prefix or path.startswith(prefix + "/"):
                 return module, path[len(prefix):]
@@ -212,6 +231,7 @@ class Cloud:
                 if garbled:
                     response = nonsense.garble(response, garbled)
         except ApiError as e:
+            request.error = e       # for a module's own error types
             response = module.render_error(self, request, e.status, e.message,
                                            e.headers)
             if e.status == 401:

@@ -77,7 +77,8 @@ class CloudConfig:
                  ssh_users=("jenkins",), floating_ips=False, seed=None,
                  network_name="private", flavors=None, images=None,
                  faults=None, max_page_size=1000,
-                 span_history=DEFAULT_SPAN_HISTORY):
+                 span_history=DEFAULT_SPAN_HISTORY, network_service=False,
+                 block_storage=True, floating_range=None):
         self.name = name
         self.port = port
         self.region = region
@@ -86,6 +87,22 @@ class CloudConfig:
         self.project = project
         self.domain = domain
         self.address_range = ipaddress.IPv4Network(address_range)
+        # Neutron (localcloud.neutron) and Cinder (localcloud.cinder) in the
+        # catalog.  With the network service, servers' fixed addresses come
+        # from ``fixed_range`` and floating IPs from ``floating_range``: the
+        # configured floating-range, or else the upper half of address-range
+        # (the lower half is then the fixed range).  Without it, fixed_range
+        # is the whole address-range and there are no floating IPs.
+        self.network_service = network_service
+        self.block_storage = block_storage
+        if not network_service:
+            self.fixed_range, self.floating_range = self.address_range, None
+        elif floating_range is not None:
+            self.fixed_range = self.address_range
+            self.floating_range = ipaddress.IPv4Network(floating_range)
+        else:
+            self.fixed_range, self.floating_range = \
+                self.address_range.subnets(prefixlen_diff=1)
         self.ssh_port = ssh_port
         self.ssh_users = list(ssh_users)
         self.floating_ips = floating_ips
@@ -185,7 +202,7 @@ CLOUD_KEYS = {
     "name", "port", "region", "username", "password", "project", "domain",
     "address-range", "ssh-port", "ssh-users", "floating-ips", "seed",
     "network-name", "flavors", "images", "faults", "max-page-size",
-    "span-history",
+    "span-history", "network-service", "block-storage", "floating-range",
 }
 FLAVOR_KEYS = {"id", "name", "ram", "vcpus", "disk", "ephemeral", "swap",
                "extra-specs", "description"}
@@ -299,10 +316,19 @@ def _check_cloud(c, raw, index, base_dir):
     if "span-history" in raw:
         kwargs["span_history"] = c.count(raw["span-history"],
                                          path + ".span-history", 1)
-    if "floating-ips" in raw:
-        kwargs["floating_ips"] = c.typed(raw["floating-ips"],
-                                         path + ".floating-ips", bool,
-                                         "true or false")
+    for key in ("floating-ips", "network-service", "block-storage"):
+        if key in raw:
+            kwargs[key.replace("-", "_")] = c.typed(
+                raw[key], "%s.%s" % (path, key), bool, "true or false")
+    if kwargs.get("network_service") and kwargs.get("floating_ips"):
+        c.fail(path + ".floating-ips", "cannot be used with network-service: "
+               "true (floating IPs then come from the network service)")
+    if raw.get("floating-range") is not None:
+        if not kwargs.get("network_service"):
+            c.fail(path + ".floating-range", "is only used with "
+                   "network-service: true")
+        kwargs["floating_range"] = _check_range(c, raw["floating-range"],
+                                                path + ".floating-range")
     if raw.get("seed") is not None:
         kwargs["seed"] = c.typed(raw["seed"], path + ".seed", int,
                                  "a whole number")
@@ -331,6 +357,26 @@ def _check_cloud(c, raw, index, base_dir):
     return CloudConfig(**kwargs)
 
 
+def _check_floating_overlaps(c, clouds):
+    """Floating ranges may overlap no address-range and no other floating
+    range (address ranges are not checked against each other)."""
+    ranges = [(cloud.name, "address-range", cloud.address_range)
+              for cloud in clouds]
+    # (an implicit floating range is the upper half of the cloud's own
+    # address-range, which is then not the fixed range)
+    ranges += [(cloud.name, "floating-range", cloud.floating_range)
+               for cloud in clouds if cloud.floating_range is not None
+               and cloud.fixed_range == cloud.address_range]
+    for i, (name, key, network) in enumerate(ranges):
+        if key != "floating-range":
+            continue
+        for other_name, other_key, other in ranges[:i] + ranges[i + 1:]:
+            if network.overlaps(other):
+                c.fail("clouds[%s].floating-range" % name,
+                       "%s overlaps the %s %s of cloud %s"
+                       % (network, other_key, other, other_name))
+
+
 def parse(data, source="<config>", base_dir=None):
     """Validate an already-loaded mapping; ``base_dir`` resolves relative
     image directories (default: the current directory)."""
@@ -348,6 +394,7 @@ def parse(data, source="<config>", base_dir=None):
     for name in names:
         if names.count(name) > 1:
             c.fail("clouds", "cloud name %r is used twice" % name)
+    _check_floating_overlaps(c, clouds)
     ports = [cloud.port for cloud in clouds if cloud.port]
     for port in ports:
         if ports.count(port) > 1:

@@ -8,8 +8,17 @@ glance/api/v2/images.py.  Errors are what webob sends real glance clients:
 text/html bodies (``<h1>404 Not Found</h1> No image found with ID x``) or
 text/plain, always with a Content-Type; glanceclient cannot parse JSON errors
 whose top-level values are not objects, nor errors without a Content-Type.
+
+An active image's ``checksum`` (MD5) and ``os_hash_value`` (SHA-512, glance's
+default ``hashing_algorithm``) are digests of the same bytes, its data as
+stored (see ``store_digests``), computed the first time the image is shown
+active and kept: a store does not change once its image is active.
 """
 
+import hashlib
+import os
+import stat
+import threading
 from urllib.parse import urlencode
 
 from localcloud import nonsense
@@ -36,7 +45,12 @@ BASE_FIELDS = {"id", "name", "status", "visibility", "protected", "os_hidden",
                "min_ram", "created_at", "updated_at", "tags", "self", "file",
                "schema", "locations", "direct_url"}
 
+#: glance's default ``hashing_algorithm`` (os_hash_algo).
+HASH_ALGO = "sha512"
+
 router = Router()
+_digests = {}               # (image id, store, created) -> (md5, sha512)
+_digests_lock = threading.Lock()
 
 
 def render_error(cloud, request, status, message, headers=None):
@@ -111,14 +125,106 @@ def versions_list(cloud, request):
 # -- images -----------------------------------------------------------------------
 
 
+def store_digests(path):
+    """(md5, sha512) hex digests of an image store, both of the same bytes.
+
+    A file store is hashed as it is.  A directory store (every image here)
+    is hashed as a canonical stream of its tree, so equal trees hash equal
+    whatever their file times or inode order: for each entry below the
+    store, in byte order of its relative path (``/``-separated), one record
+    ``TYPE MODE PATH\0`` (TYPE ``d``, ``f`` or ``l``; MODE the permission
+    bits as 4 octal digits), then for a file ``SIZE\0`` and its content, for
+    a symlink ``TARGET\0``.  Sockets and fifos are left out (snapshots do
+    not copy them); a file that cannot be read counts as ``-1\0``.
+    """
+    md5, sha = hashlib.md5(), hashlib.new(HASH_ALGO)
+
+    def feed(data):
+        md5.update(data)
+        sha.update(data)
+
+    if not os.path.isdir(path):
+        _feed_file(feed, path)
+        return md5.hexdigest(), sha.hexdigest()
+    base = os.fsencode(path)
+    for rel in sorted(_tree_entries(base)):
+        full = os.path.join(base, rel)
+        try:
+            st = os.lstat(full)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            kind = b"d"
+        elif stat.S_ISREG(st.st_mode):
+            kind = b"f"
+        elif stat.S_ISLNK(st.st_mode):
+            kind = b"l"
+        else:
+            continue
+        feed(b"%s %04o %s\0" % (kind, stat.S_IMODE(st.st_mode), rel))
+        if kind == b"f":
+            _feed_file(feed, full, with_size=True)
+        elif kind == b"l":
+            try:
+                feed(os.readlink(full) + b"\0")
+            except OSError:
+                feed(b"\0")
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def _tree_entries(base):
+    """Relative paths (bytes, ``/``-separated) of everything below base;
+    symlinks to directories are entries, not followed."""
+    for dirpath, dirnames, filenames in os.walk(base):
+        rel = os.path.relpath(dirpath, base)
+        for name in dirnames + filenames:
+            yield name if rel == b"." else rel + b"/" + name
+
+
+def _feed_file(feed, path, with_size=False):
+    try:
+        with open(path, "rb") as f:
+            if with_size:
+                feed(b"%d\0" % os.fstat(f.fileno()).st_size)
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                feed(chunk)
+    except OSError:
+        if with_size:
+            feed(b"-1\0")
+
+
+def _image_digests(image):
+    """(md5, sha512) of an active image's store, computed once."""
+    if image["status"] != "active" or not image.get("store"):
+        return None, None
+    key = (image["id"], image["store"], image["created"])
+    with _digests_lock:
+        digests = _digests.get(key)
+    if digests is None:
+        digests = store_digests(image["store"])
+        with _digests_lock:
+            digests = _digests.setdefault(key, digests)
+    return digests
+
+
+def _forget_digests(image_id):
+    with _digests_lock:
+        for key in [k for k in _digests if k[0] == image_id]:
+            del _digests[key]
+
+
 def image_view(image):
+    checksum, hash_value = _image_digests(image)
     view = {
         "id": image["id"], "name": image["name"], "status": image["status"],
         "visibility": image["visibility"], "protected": image["protected"],
         "os_hidden": False, "owner": image["owner"], "size": image["size"],
-        "virtual_size": None, "checksum": image["checksum"],
-        "os_hash_algo": "sha512" if image["checksum"] else None,
-        "os_hash_value": None,
+        "virtual_size": None, "checksum": checksum,
+        "os_hash_algo": HASH_ALGO if hash_value else None,
+        "os_hash_value": hash_value,
         "container_format": "bare", "disk_format": "raw",
         "min_disk": image["min_disk"], "min_ram": image["min_ram"],
         "created_at": iso(image["created"]),
@@ -262,6 +368,7 @@ def show_image(cloud, request):
 @router.route("DELETE", "/v2/images/{id}")
 def delete_image(cloud, request):
     cloud.state.delete_image(request.params["id"])
+    _forget_digests(request.params["id"])
     return Response(204)
 
 

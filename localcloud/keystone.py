@@ -9,6 +9,7 @@ response.json, identity-versions-response.json); errors are keystone's
 import time
 import uuid
 
+from localcloud import cinder, neutron
 from localcloud.state import ApiError
 from localcloud.web import Router, json_response
 
@@ -50,20 +51,31 @@ def version(cloud, request):
 
 
 def catalog(cloud):
-    def service(kind, name, url):
+    def service(kind, name, url, key=None):
+        key = key or url        # ids: stable, unique per entry
         return {"type": kind, "name": name,
-                "id": uuid.uuid5(uuid.NAMESPACE_URL, url).hex,
+                "id": uuid.uuid5(uuid.NAMESPACE_URL, key).hex,
                 "endpoints": [{"id": uuid.uuid5(uuid.NAMESPACE_URL,
-                                                url + iface).hex,
+                                                key + iface).hex,
                                "interface": iface,
                                "region": cloud.config.region,
                                "region_id": cloud.config.region,
                                "url": url}
                               for iface in ("public", "internal", "admin")]}
     base = cloud.base_url
-    return [service("identity", "keystone", base + PREFIX),
-            service("compute", "nova", base + "/compute/v2.1"),
-            service("image", "glance", base + "/image")]
+    entries = [service("identity", "keystone", base + PREFIX),
+               service("compute", "nova", base + "/compute/v2.1"),
+               service("image", "glance", base + "/image")]
+    if cloud.config.block_storage:
+        # as devstack registers cinder: both types, the same URL
+        volume = cinder.catalog_url(cloud)
+        entries += [service("block-storage", "cinder", volume),
+                    service("volumev3", "cinderv3", volume,
+                            key=volume + "#volumev3")]
+    if cloud.config.network_service:
+        entries.append(service("network", "neutron",
+                               neutron.catalog_url(cloud)))
+    return entries
 
 
 def _iso(ts):

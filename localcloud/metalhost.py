@@ -123,6 +123,13 @@ class MetalHost:
         return "%s %s" % (self.host_key.get_name(), self.host_key.get_base64())
 
     @property
+    def offered_key_lines(self):
+        """Every host key made so far (NodeHost.offered_key_lines), the primary first;
+        the same across resets."""
+        node = self._node
+        return node.offered_key_lines if node is not None else [self.host_key_line]
+
+    @property
     def reset_command(self):
         """The shell command an operator configures to reset this host; it
         returns at once, the reset follows ``reset_delay`` later."""

@@ -1,16 +1,19 @@
 """Nova v2.1 under /compute: servers (create, list with filters and paging,
 show, delete, createImage and os-getConsoleOutput actions), flavors, keypairs,
-limits, version documents and microversions 2.1 .. MAX_VERSION.
+limits, availability zones, the floating IP proxies (below 2.36), version
+documents and microversions 2.1 .. MAX_VERSION.
 
 Shapes follow nova's doc/api_samples (servers-details-resp.json and its
-v2.47/v2.96 variants, flavors-detail-resp.json, os-keypairs/*) and the view
-builders in nova/api/openstack/compute/views; errors are nova's
-``{"<faultName>": {"code": N, "message": ...}}``.
+v2.47/v2.96 variants, flavors-detail-resp.json and v2.75, os-keypairs/*,
+limits/v2.36, os-availability-zone/*, os-floating-ip-pools/*,
+os-floating-ips/*) and the view builders in nova/api/openstack/compute/views;
+errors are nova's ``{"<faultName>": {"code": N, "message": ...}}``.
 """
 
 import base64
 import binascii
 import re
+import time
 from urllib.parse import urlencode
 
 from localcloud import nonsense
@@ -29,6 +32,11 @@ STATUSES = ("BUILD", "ACTIVE", "ERROR", "DELETED", "SHUTOFF", "REBOOT",
             "HARD_REBOOT", "REBUILD", "RESIZE", "VERIFY_RESIZE", "PAUSED",
             "SUSPENDED", "RESCUE", "SOFT_DELETED", "SHELVED",
             "SHELVED_OFFLOADED", "MIGRATING", "PASSWORD", "UNKNOWN")
+#: The one availability zone (every server's OS-EXT-AZ:availability_zone).
+ZONE = "nova"
+#: The floating IP pool the nova-network proxy APIs name (no floating IP is
+#: ever allocated from it here).
+FLOATING_IP_POOL = "public"
 KEYPAIR_NAME = re.compile(r"^[a-zA-Z0-9 _-]+$")
 KEYPAIR_NAME_292 = re.compile(r"^[a-zA-Z0-9 _.@-]+$")
 VERSION_RE = re.compile(r"^([1-9]\d*)\.(0|[1-9]\d*)$")
@@ -187,7 +195,9 @@ def flavor_view(cloud, request, flavor, detail=True):
     if detail:
         view.update({
             "ram": flavor.ram, "vcpus": flavor.vcpus, "disk": flavor.disk,
-            "swap": flavor.swap or "",
+            # No swap is "" before 2.75 and 0 from 2.75 on.
+            "swap": flavor.swap if at_least(request, 75)
+            else flavor.swap or "",
             "OS-FLV-EXT-DATA:ephemeral": flavor.ephemeral,
             "OS-FLV-DISABLED:disabled": False,
             "os-flavor-access:is_public": True,
@@ -208,6 +218,10 @@ def server_view(cloud, request, s, show=False):
                  "OS-EXT-IPS:type": "fixed",
                  "OS-EXT-IPS-MAC:mac_addr": s["mac"]}
         addresses[config.network_name] = [entry]
+        # Floating IPs the network service attached to the server's port.
+        addresses[config.network_name] += [
+            dict(entry, **{"addr": fip, "OS-EXT-IPS:type": "floating"})
+            for fip in s.get("floating_addresses", ())]
         if config.floating_ips:
             addresses[config.network_name].append(
                 dict(entry, **{"OS-EXT-IPS:type": "floating"}))
@@ -233,7 +247,7 @@ def server_view(cloud, request, s, show=False):
         "accessIPv4": "", "accessIPv6": "",
         "links": links(cloud, "servers", s["id"]),
         "OS-DCF:diskConfig": "MANUAL",
-        "OS-EXT-AZ:availability_zone": "nova",
+        "OS-EXT-AZ:availability_zone": ZONE,
         "config_drive": "",
         "key_name": s["key_name"],
         "OS-SRV-USG:launched_at": iso(s["launched_at"], micro=True)
@@ -387,7 +401,7 @@ def create_server(cloud, request):
             raise ApiError(400, "User data needs to be valid base 64.") \
                 from None
     zone = server.get("availability_zone")
-    if zone not in (None, "", "nova"):
+    if zone not in (None, "", ZONE):
         raise ApiError(400, "The requested availability zone is not available")
     try:
         min_count = int(server.get("min_count", 1))
@@ -514,6 +528,13 @@ def show_flavor(cloud, request):
     return json_response(200, {"flavor": flavor_view(cloud, request, flavor)})
 
 
+@router.route("GET", "/v2.1/flavors/{id}/os-extra_specs")
+def flavor_extra_specs(cloud, request):
+    """None of our flavors has extra specs (openstacksdk's get_flavor asks)."""
+    cloud.state.get_flavor(request.params["id"])        # 404 for an unknown flavor
+    return json_response(200, {"extra_specs": {}})
+
+
 # -- keypairs ---------------------------------------------------------------------
 
 
@@ -618,13 +639,15 @@ def limits(cloud, request):
         return -1 if quota[name] is None else quota[name]
 
     absolute = {
-        "maxImageMeta": 128, "maxServerMeta": 128,
+        "maxServerMeta": 128,
         "maxTotalCores": limit("cores"), "maxTotalInstances": limit("instances"),
         "maxTotalRAMSize": limit("ram"), "maxTotalKeypairs": 100,
         "maxServerGroups": 10, "maxServerGroupMembers": 10,
         "totalCoresUsed": used["cores"], "totalInstancesUsed": used["instances"],
         "totalRAMUsed": used["ram"], "totalServerGroupsUsed": 0,
     }
+    if not at_least(request, 39):       # the image-metadata proxy's limit
+        absolute["maxImageMeta"] = 128
     if not at_least(request, 36):
         absolute.update({"maxSecurityGroupRules": 20, "maxSecurityGroups": 10,
                          "maxTotalFloatingIps": 10,
@@ -633,6 +656,65 @@ def limits(cloud, request):
     if not at_least(request, 57):
         absolute.update({"maxPersonality": 5, "maxPersonalitySize": 10240})
     return json_response(200, {"limits": {"rate": [], "absolute": absolute}})
+
+
+# -- availability zones -----------------------------------------------------------
+
+
+@router.route("GET", "/v2.1/os-availability-zone")
+def list_availability_zones(cloud, request):
+    # The internal zone (nova's own services) is left out, as nova does.
+    return json_response(200, {"availabilityZoneInfo": [
+        {"zoneName": ZONE, "zoneState": {"available": True},
+         "hosts": None}]})
+
+
+@router.route("GET", "/v2.1/os-availability-zone/detail")
+def list_availability_zones_detail(cloud, request):
+    # One host runs every service, as on devstack.  It is named after the
+    # cloud: servers' hostId is sha224(project_id + host), as in nova.
+    host = cloud.config.name
+    heartbeat = iso(time.time(), micro=True)
+
+    def services(*binaries):
+        return {host: {binary: {"available": True, "active": True,
+                                "updated_at": heartbeat}
+                       for binary in binaries}}
+
+    return json_response(200, {"availabilityZoneInfo": [
+        {"zoneName": "internal", "zoneState": {"available": True},
+         "hosts": services("nova-conductor", "nova-scheduler")},
+        {"zoneName": ZONE, "zoneState": {"available": True},
+         "hosts": services("nova-compute")}]})
+
+
+# -- floating IP proxies (nova-network API, 404 from 2.36 on) --------------------
+
+
+def _proxy_api(request):
+    """Nova's network proxy APIs answer 404 from microversion 2.36 on."""
+    if at_least(request, 36):
+        raise ApiError(404, "The resource could not be found.")
+
+
+@router.route("GET", "/v2.1/os-floating-ip-pools")
+def list_floating_ip_pools(cloud, request):
+    _proxy_api(request)
+    return json_response(200, {"floating_ip_pools": [
+        {"name": FLOATING_IP_POOL}]})
+
+
+@router.route("GET", "/v2.1/os-floating-ips")
+def list_floating_ips(cloud, request):
+    _proxy_api(request)
+    return json_response(200, {"floating_ips": []})
+
+
+@router.route("GET", "/v2.1/os-floating-ips/{id}")
+def show_floating_ip(cloud, request):
+    _proxy_api(request)
+    raise ApiError(404, "Floating IP not found for ID %s"
+                   % request.params["id"])
 
 
 def injected_message(status):

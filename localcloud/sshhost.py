@@ -20,6 +20,7 @@ one test process.
 
 import base64
 import fnmatch
+import io
 import logging
 import os
 import select
@@ -28,8 +29,11 @@ import socket
 import subprocess
 import threading
 import time
+import weakref
 
 import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from paramiko.common import MSG_CHANNEL_REQUEST
 
 LOG = logging.getLogger(__name__)
@@ -54,6 +58,14 @@ STOP_JOIN_TIMEOUT = 1.5
 #: After a command was killed, how long to keep draining its output (seconds).
 KILL_DRAIN_TIME = 0.5
 
+#: The host key types a node offers, like a stock image's sshd (ssh-keygen
+#: -A): the first is the primary key (``host_key``, ``host_key_line``).
+HOST_KEY_TYPES = ("ecdsa-sha2-nistp256", "ssh-ed25519", "ssh-rsa")
+#: Size of the RSA host key, made the first time a client asks for it.
+RSA_HOST_KEY_BITS = 2048
+#: The SSH host key algorithms an RSA host key answers to.
+_RSA_ALGORITHMS = ("ssh-rsa", "rsa-sha2-256", "rsa-sha2-512")
+
 _CHUNK = 32768
 #: What paramiko raises when a channel is written after its client went away.
 _CLIENT_GONE = (OSError, EOFError, paramiko.SSHException)
@@ -70,6 +82,20 @@ class NodeHost:
     can be passed on so a "rebooted" node keeps its identity).
     ``environment`` is a dict of extra variables every command gets (the
     client's accepted LANG/LC_* values still override them).
+
+    Host keys: like a stock image's sshd, a node offers one key of each of
+    HOST_KEY_TYPES, all its own.  ``host_key`` (a new ECDSA P-256 key unless
+    given) is the primary one, the key ``host_key_line`` shows; the node
+    makes one key of each other type to go with it (the RSA key only when a
+    client first negotiates RSA or ``host_keys`` is read: a 2048-bit RSA key
+    takes ~60 ms, which hundreds of nodes need not all pay).  A new NodeHost
+    given the same ``host_key`` object (a reboot) offers those same keys
+    again.  ``host_key`` may also be a list of keys: exactly the keys to
+    offer, the primary first (``host_key=old.host_keys``; ``[key]`` for a
+    node with one key).  Which key a client gets is the client's choice, the
+    first of its host key algorithms that the node offers: paramiko and
+    OpenSSH pick ssh-ed25519 unless they know a key of another type for the
+    host already, so a client that pinned ``host_key_line`` still gets it.
     """
 
     def __init__(self, address, port, root, users, host_key=None,
@@ -87,10 +113,16 @@ class NodeHost:
         self.max_sessions = max_sessions
         self.environment = dict(environment or {})
         if host_key is None:
-            host_key = paramiko.ECDSAKey.generate(bits=256)
+            host_key = generate_host_key(HOST_KEY_TYPES[0])
+        if isinstance(host_key, (list, tuple)):
+            if not host_key:
+                raise ValueError("host_key: an empty list of keys")
+            host_key, *others = host_key
+            self._identity = _HostIdentity.of(host_key, others)
+        else:
+            self._identity = _HostIdentity.of(host_key)
         self.host_key = host_key
-        self.host_key_line = "%s %s" % (self.host_key.get_name(),
-                                        self.host_key.get_base64())
+        self.host_key_line = key_line(host_key)
         self._authorized = {user: _parse_authorized_keys(user, lines)
                             for user, lines in users.items()}
 
@@ -109,6 +141,24 @@ class NodeHost:
     def __repr__(self):
         return "<NodeHost %s:%s root=%s>" % (self.address, self.port,
                                               self.root)
+
+    @property
+    def host_keys(self):
+        """Every host key the node offers, the primary (``host_key``) first;
+        makes the RSA key if no client has asked for it yet."""
+        return [self.host_key] + self._identity.keys(materialize=True)
+
+    @property
+    def host_key_lines(self):
+        """``host_keys`` as known_hosts lines ("type base64")."""
+        return [key_line(key) for key in self.host_keys]
+
+    @property
+    def offered_key_lines(self):
+        """The keys made so far as known_hosts lines, the primary first: every key a
+        client has seen (the RSA key only once one asked for it; nothing is made)."""
+        return [key_line(key) for key in
+                [self.host_key] + self._identity.keys(materialize=False)]
 
     def __enter__(self):
         self.start()
@@ -235,6 +285,7 @@ class NodeHost:
         try:
             transport = _Transport(sock)
             transport.add_server_key(self.host_key)
+            self._identity.add_to(transport)
             transport.start_server(event=threading.Event(),
                                    server=_Server(self, peer))
         except Exception:  # a client that vanished during setup
@@ -462,6 +513,138 @@ class _Transport(paramiko.Transport):
         paramiko.Transport._channel_handler_table)
     _channel_handler_table[MSG_CHANNEL_REQUEST] = _handle_channel_request
     del _handle_channel_request
+
+    def get_server_key(self):
+        """The negotiated host key; a key not made yet (_LazyKey, the RSA
+        one) is made now, for this node once and for all."""
+        key = super().get_server_key()
+        if isinstance(key, _LazyKey):
+            key = key.resolve()
+            self.add_server_key(key)
+        return key
+
+
+class _LazyKey:
+    """Stands in a Transport's host keys for a key made on first use."""
+
+    def __init__(self, identity, key_type):
+        self.identity = identity
+        self.key_type = key_type
+
+    def resolve(self):
+        return self.identity.key(self.key_type)
+
+
+class _HostIdentity:
+    """The host keys a node offers besides its primary one.
+
+    ``keys`` are made already; ``lazy`` are key types made on first use
+    (once: a node keeps them).  ``of(primary)`` is the identity that goes
+    with a primary key object, the same one each time, so a NodeHost made
+    with an earlier node's ``host_key`` offers the same keys;
+    ``of(primary, others)`` makes ``others`` the identity of ``primary``
+    from then on.  The registry holds no reference to the primary key and
+    forgets it with the key.
+    """
+
+    _by_primary = {}        # id(primary key) -> _HostIdentity
+    _registry_lock = threading.Lock()
+
+    def __init__(self, keys, lazy):
+        self._lock = threading.Lock()           # guards _keys and _lazy
+        self._make_lock = threading.Lock()      # one key generation at a time
+        self._keys = {_key_type(k): k for k in keys}
+        self._lazy = [t for t in lazy if t not in self._keys]
+
+    @classmethod
+    def of(cls, primary, others=None):
+        if others is not None:
+            types = [_key_type(k) for k in [primary] + list(others)]
+            if len(set(types)) < len(types):
+                raise ValueError("host_key: more than one key of a type (%s)"
+                                 % ", ".join(types))
+            identity = cls(others, ())
+        with cls._registry_lock:
+            known = cls._by_primary.get(id(primary))
+            if others is None:
+                if known is not None:
+                    return known
+                types = [t for t in HOST_KEY_TYPES if t != _key_type(primary)]
+                identity = cls([generate_host_key(t) for t in types
+                                if t != "ssh-rsa"],
+                               [t for t in types if t == "ssh-rsa"])
+            cls._by_primary[id(primary)] = identity
+            if known is None:
+                weakref.finalize(primary, cls._forget, id(primary)).atexit = \
+                    False
+            return identity
+
+    @classmethod
+    def _forget(cls, primary_id):
+        # Called from the garbage collector, maybe inside of() in this very
+        # thread: no lock (a dict pop is atomic; of()'s own key is alive).
+        cls._by_primary.pop(primary_id, None)
+
+    def key(self, key_type):
+        """The key of ``key_type``, made now if it is not yet.  New
+        connections are not held up meanwhile (they offer it as lazy)."""
+        with self._lock:
+            key = self._keys.get(key_type)
+        if key is not None:
+            return key
+        with self._make_lock:
+            with self._lock:
+                key = self._keys.get(key_type)
+            if key is None:
+                key = generate_host_key(key_type)
+                with self._lock:
+                    self._keys[key_type] = key
+                    if key_type in self._lazy:
+                        self._lazy.remove(key_type)
+        return key
+
+    def keys(self, materialize=False):
+        if materialize:
+            for key_type in list(self._lazy):
+                self.key(key_type)
+        with self._lock:
+            return list(self._keys.values())
+
+    def add_to(self, transport):
+        with self._lock:
+            keys, lazy = list(self._keys.values()), list(self._lazy)
+        for key in keys:
+            transport.add_server_key(key)
+        for key_type in lazy:
+            placeholder = _LazyKey(self, key_type)
+            names = _RSA_ALGORITHMS if key_type == "ssh-rsa" else (key_type,)
+            for name in names:      # as add_server_key() would list it
+                transport.server_key_dict[name] = placeholder
+
+
+def generate_host_key(key_type):
+    """A new paramiko host key of ``key_type`` (one of HOST_KEY_TYPES)."""
+    if key_type == "ecdsa-sha2-nistp256":
+        return paramiko.ECDSAKey.generate(bits=256)
+    if key_type == "ssh-rsa":
+        return paramiko.RSAKey.generate(RSA_HOST_KEY_BITS)
+    if key_type == "ssh-ed25519":
+        # paramiko cannot generate Ed25519 keys; it reads OpenSSH's format.
+        pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption())
+        return paramiko.Ed25519Key(file_obj=io.StringIO(pem.decode()))
+    raise ValueError("unknown host key type %r" % (key_type,))
+
+
+def key_line(key):
+    """A key as in known_hosts: "ecdsa-sha2-nistp256 AAAA..."."""
+    return "%s %s" % (key.get_name(), key.get_base64())
+
+
+def _key_type(key):
+    name = key.get_name()
+    return "ssh-rsa" if name in _RSA_ALGORITHMS else name
 
 
 class _Command:

@@ -21,11 +21,19 @@ Life of a server::
 Life of a snapshot image: createImage -> queued -> saving (the node root is
 copied into the image store) -> after snapshot-delay active, or killed.
 
+With the network service (``network-service: true``) every server with an
+address has a port, and floating IPs come from the floating range: created
+DOWN, ACTIVE while attached to a port (a TcpForwarder relays the floating
+address's SSH port to the server's fixed address, and the server's
+``floating_addresses`` lists it), DOWN again when detached or when the
+server is deleted (the floating IP itself stays until it is deleted).
+
 All mutable state is guarded by ``self.lock``; slow work (copying trees,
 starting and stopping NodeHosts) runs outside it.
 """
 
 import base64
+import errno
 import io
 import hashlib
 import ipaddress
@@ -35,7 +43,9 @@ import os
 import random
 import re
 import secrets
+import selectors
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -206,6 +216,9 @@ class Server:
         self.dies_at = None
         self.died_at = None
         self.bad_image = None   # the bad-images marker's line, if it has one
+        # floating IPs attached to its port (network service), in attach
+        # order; nova lists them in addresses as OS-EXT-IPS:type floating
+        self.floating_addresses = []
         self.admin_pass = secrets.token_urlsafe(9)
         self.description = None
 
@@ -215,6 +228,28 @@ class Server:
         data.pop("timer")
         data["metadata"] = dict(self.metadata)
         data["fault"] = dict(self.fault) if self.fault else None
+        data["floating_addresses"] = list(self.floating_addresses)
+        return data
+
+
+class FloatingIP:
+    """A floating IP of the network service: an address of the floating
+    range, attached (port_id, server_id, fixed_address set; a TcpForwarder
+    relays its SSH port to the server's) or not (status DOWN)."""
+
+    def __init__(self, id, address, seq, description=""):
+        now = time.time()
+        self.id, self.address, self.seq = id, address, seq
+        self.description = description
+        self.port_id = self.server_id = self.fixed_address = None
+        self.status = "DOWN"
+        self.created = self.updated = now
+        self.revision = 0
+        self.forwarder = None
+
+    def snapshot(self):
+        data = dict(vars(self))
+        data.pop("forwarder")
         return data
 
 
@@ -244,6 +279,13 @@ class CloudState:
         self.user_id = "%032x" % ident.getrandbits(128)
         self.project_id = "%032x" % ident.getrandbits(128)
         self.admin_project_id = "%032x" % ident.getrandbits(128)
+        # the network service's objects (drawn after the identities above,
+        # so those are the same with or without it)
+        self.private_network_id, self.private_subnet_id, \
+            self.public_network_id, self.public_subnet_id = [
+                str(uuid.UUID(int=ident.getrandbits(128), version=4))
+                for _ in range(4)]
+        self.network_created = time.time()
         self.domain_id = "default"
         self.host_id = hashlib.sha224(
             ("%s%s" % (self.project_id, config.name)).encode()).hexdigest()
@@ -263,6 +305,8 @@ class CloudState:
         self._keypair_ids = itertools.count(1)
         self._addresses_in_use = set()
         self._address_cursor = 0
+        self.floating_ips = {}
+        self._floating_cursor = 0
         self.scheduler = Scheduler("localcloud-%s" % self.name)
         self._closed = False
         for image in config.images:
@@ -661,26 +705,23 @@ class CloudState:
                 server.mac = "fa:16:3e:%02x:%02x:%02x" % tuple(octets[1:])
             return host
         raise _BootFailure(NO_VALID_HOST + " (no free address in %s)"
-                           % self.config.address_range)
+                           % self.config.fixed_range)
 
     def _reserve_address(self):
-        """The next free address of the range, round-robin (so a freed
+        """The next free address of the fixed range (the address-range, or
+        its lower half with the network service), round-robin (so a freed
         address is not handed out again at once), skipping x.x.x.0, x.x.x.255
-        and 127.0.0.1; None when every address is taken."""
-        network = self.config.address_range
-        size = network.num_addresses
+        and 127.0.0.1 and, with the network service, the subnet's network,
+        gateway and broadcast addresses; None when every address is taken."""
+        network = self.config.fixed_range
         with self.lock:
-            for _ in range(size):
-                number = int(network.network_address) + \
-                    self._address_cursor % size
-                self._address_cursor += 1
-                address = str(ipaddress.IPv4Address(number))
-                if number & 0xFF in (0, 255) or address == "127.0.0.1" \
-                        or address in self._addresses_in_use:
-                    continue
+            address, self._address_cursor = _next_free(
+                network, self._address_cursor, self._addresses_in_use,
+                subnet_reserved(network) if self.config.network_service
+                else ())
+            if address is not None:
                 self._addresses_in_use.add(address)
-                return address
-            return None
+            return address
 
     def _fail_boot(self, server, message):
         now = time.time()
@@ -761,12 +802,17 @@ class CloudState:
                 server.timer.cancel()
             host, root = server.host, server.root
             server.host = None
+            # its port goes, so its floating IPs are disassociated (kept)
+            forwarders = [self._detach_locked(fip) for fip in
+                          list(self.floating_ips.values())
+                          if fip.server_id == server.id]
             linger = self.faults["lying-delete-lists"]
             if linger > 0:
                 server.linger = linger
             else:
                 self._purge(server)
             self.events["servers-deleted"] += 1
+        _stop_all(forwarders)
         if host is not None:
             host.stop()
         remove_tree(root)
@@ -908,6 +954,232 @@ class CloudState:
         LOG.info("cloud %s: image %s (%s) deleted", self.name, image_id,
                  image.name)
 
+    # -- network service: ports and floating IPs --------------------------------
+
+    @staticmethod
+    def port_id(server_id):
+        """The id of a server's (only) port: stable, derived from its id."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL,
+                              "localcloud-port/%s" % server_id))
+
+    def ports(self):
+        """The ports of the private network: one per visible, not deleted
+        server that has a fixed address (it got one when it went ACTIVE), in
+        creation order: {id, server_id, address, mac, created, updated}."""
+        with self.lock:
+            servers = sorted((s for s in self.servers.values()
+                              if s.address and not s.deleted),
+                             key=lambda s: s.seq)
+            return [{"id": self.port_id(s.id), "server_id": s.id,
+                     "address": s.address, "mac": s.mac,
+                     "created": s.launched_at or s.created,
+                     "updated": s.launched_at or s.updated}
+                    for s in servers]
+
+    def _port_server(self, port_id):
+        for server in self.servers.values():
+            if self.port_id(server.id) == port_id and server.address \
+                    and not server.deleted:
+                return server
+        raise ApiError(404, "Port %s could not be found." % port_id)
+
+    def _require_network_service(self):
+        if not self.config.network_service:
+            raise ApiError(404, "The resource could not be found.")
+
+    def list_floating_ips(self):
+        with self.lock:
+            return [f.snapshot() for f in
+                    sorted(self.floating_ips.values(), key=lambda f: f.seq)]
+
+    def get_floating_ip(self, fip_id):
+        with self.lock:
+            fip = self.floating_ips.get(fip_id)
+            if fip is None:
+                raise ApiError(404, "Floating IP %s could not be found"
+                               % fip_id)
+            return fip.snapshot()
+
+    def create_floating_ip(self, port_id=None, fixed_address=None,
+                           address=None, description=""):
+        """Allocate a floating IP from the floating range (the next free
+        address round-robin, or ``address``) and, with ``port_id``, attach it
+        to that port's server.  Returns its snapshot."""
+        self._require_network_service()
+        network = self.config.floating_range
+        with self.lock:
+            server = None
+            if port_id is not None:
+                server = self._port_server(port_id)
+                self._check_attachable(server, port_id, fixed_address)
+            taken = {f.address for f in self.floating_ips.values()}
+            if address is not None:
+                try:
+                    wanted = ipaddress.IPv4Address(address)
+                except ValueError:
+                    raise ApiError(400, "Invalid input for "
+                                   "floating_ip_address. Reason: '%s' is "
+                                   "not a valid IP address." % address) \
+                        from None
+                if wanted not in network or str(wanted) in \
+                        subnet_reserved(network):
+                    raise ApiError(400, "Bad floatingip request: IP address "
+                                   "%s is not a valid IP for the specified "
+                                   "subnet." % address)
+                if str(wanted) in taken:
+                    raise ApiError(409, "Unable to complete operation for "
+                                   "network %s. The IP address %s is in use."
+                                   % (self.public_network_id, address))
+                candidates = [str(wanted)]
+            else:
+                candidates = None
+            fip = FloatingIP(str(uuid.uuid4()), None, next(self._seq),
+                             description or "")
+            fip.address = self._allocate_floating(candidates, taken)
+            self.floating_ips[fip.id] = fip
+        if server is not None:
+            try:
+                self._attach(fip, server, port_id, fixed_address,
+                             retry=candidates is None)
+            except ApiError:
+                with self.lock:
+                    self.floating_ips.pop(fip.id, None)
+                raise
+        with self.lock:
+            self.events["floating-ips-created"] += 1
+        LOG.info("cloud %s: floating IP %s (%s) allocated", self.name,
+                 fip.address, fip.id)
+        return self.get_floating_ip(fip.id)
+
+    def _allocate_floating(self, candidates, taken):
+        if candidates is not None:
+            return candidates[0]
+        network = self.config.floating_range
+        address, self._floating_cursor = _next_free(
+            network, self._floating_cursor, taken, subnet_reserved(network))
+        if address is None:
+            raise ApiError(409, "No more IP addresses available on network "
+                           "%s." % self.public_network_id)
+        return address
+
+    def _check_attachable(self, server, port_id, fixed_address, fip=None):
+        """ApiError unless ``server`` (its port ``port_id``) can take a
+        floating IP (``fip``, which may be on it already)."""
+        if fixed_address is not None and fixed_address != server.address:
+            raise ApiError(400, "Bad floatingip request: Port %s does not "
+                           "have fixed ip %s." % (port_id, fixed_address))
+        for other in self.floating_ips.values():
+            if other.server_id == server.id and other is not fip:
+                raise ApiError(409, "Cannot associate floating IP %s (%s) "
+                               "with port %s using fixed IP %s, as that "
+                               "fixed IP already has a floating IP on "
+                               "external network %s."
+                               % (other.address, other.id, port_id,
+                                  server.address, self.public_network_id))
+
+    def _attach(self, fip, server, port_id, fixed_address, retry):
+        """Start the forwarder (its bind is the only thing that can fail:
+        with ``retry`` another free address is tried) and record the
+        association; ApiError 409 if it cannot be bound."""
+        target = server.address
+        for attempt in range(BIND_ATTEMPTS if retry else 1):
+            forwarder = TcpForwarder(fip.address, self.config.ssh_port,
+                                     target, self.config.ssh_port,
+                                     "localcloud-fip-%s" % fip.address)
+            try:
+                forwarder.start()
+                break
+            except OSError as e:
+                LOG.info("cloud %s: cannot bind floating IP %s:%d (%s)",
+                         self.name, fip.address, self.config.ssh_port,
+                         e.strerror)
+                with self.lock:
+                    taken = {f.address for f in self.floating_ips.values()}
+                    if not retry or attempt == BIND_ATTEMPTS - 1:
+                        raise ApiError(409, "Floating IP %s cannot be "
+                                       "associated: %s:%d cannot be bound "
+                                       "(%s)" % (fip.address, fip.address,
+                                                 self.config.ssh_port,
+                                                 e.strerror)) from None
+                    fip.address = self._allocate_floating(None, taken)
+        with self.lock:
+            stale = (server.deleted or self._closed or fip.id not in
+                     self.floating_ips or fip.forwarder is not None or
+                     any(f.server_id == server.id
+                         for f in self.floating_ips.values()))
+            if not stale:
+                fip.forwarder = forwarder
+                fip.port_id, fip.server_id = port_id, server.id
+                fip.fixed_address = target
+                fip.status = "ACTIVE"
+                fip.updated = time.time()
+                fip.revision += 1
+                server.floating_addresses.append(fip.address)
+                self.events["floating-ips-attached"] += 1
+        if stale:
+            forwarder.stop()
+            raise ApiError(409, "Floating IP %s could not be associated with "
+                           "port %s: it changed meanwhile" % (fip.id, port_id))
+        LOG.info("cloud %s: floating IP %s -> %s:%d (server %s)", self.name,
+                 fip.address, target, self.config.ssh_port, server.id)
+
+    def _detach_locked(self, fip):
+        """Disassociate (under the lock); returns the forwarder to stop
+        outside it (or None)."""
+        forwarder, fip.forwarder = fip.forwarder, None
+        server = self.servers.get(fip.server_id) or \
+            self.history.get(fip.server_id)
+        if server is not None and fip.address in server.floating_addresses:
+            server.floating_addresses.remove(fip.address)
+        if fip.port_id is not None:
+            self.events["floating-ips-detached"] += 1
+            fip.revision += 1
+        fip.port_id = fip.server_id = fip.fixed_address = None
+        fip.status = "DOWN"
+        fip.updated = time.time()
+        return forwarder
+
+    def update_floating_ip(self, fip_id, port_id=None, fixed_address=None,
+                           description=None):
+        """Associate (``port_id``), re-associate or disassociate
+        (``port_id=None``) a floating IP; returns its snapshot."""
+        with self.lock:
+            fip = self.floating_ips.get(fip_id)
+            if fip is None:
+                raise ApiError(404, "Floating IP %s could not be found"
+                               % fip_id)
+            if description is not None:
+                fip.description = description
+                fip.revision += 1
+                fip.updated = time.time()
+            same = port_id == fip.port_id and \
+                fixed_address in (None, fip.fixed_address)
+            server = None
+            forwarder = None
+            if not same:
+                if port_id is not None:
+                    server = self._port_server(port_id)
+                    self._check_attachable(server, port_id, fixed_address,
+                                           fip)
+                forwarder = self._detach_locked(fip)
+        _stop_all([forwarder])
+        if server is not None:
+            self._attach(fip, server, port_id, fixed_address, retry=False)
+        return self.get_floating_ip(fip_id)
+
+    def delete_floating_ip(self, fip_id):
+        with self.lock:
+            fip = self.floating_ips.get(fip_id)
+            if fip is None:
+                raise ApiError(404, "Floating IP %s could not be found"
+                               % fip_id)
+            forwarder = self._detach_locked(fip)
+            del self.floating_ips[fip_id]
+            self.events["floating-ips-deleted"] += 1
+        _stop_all([forwarder])
+        LOG.info("cloud %s: floating IP %s (%s) deleted", self.name,
+                 fip.address, fip_id)
+
     # -- admin views --------------------------------------------------------------
 
     def servers_report(self):
@@ -924,6 +1196,9 @@ class CloudState:
                     "flavor": s.flavor.id, "key_name": s.key_name,
                     "metadata": dict(s.metadata),
                     "host_key": s.host_key_line,
+                    # every key a client has been shown (an unpinned one: ed25519)
+                    "host_keys": (s.host.offered_key_lines if s.host is not None
+                                  else [s.host_key_line] if s.host_key_line else []),
                     "deleted": s.deleted, "lingering": s.deleted and not s.purged,
                     "lingering_lists": s.linger if not s.purged else 0,
                     "created": iso(s.created),
@@ -933,6 +1208,8 @@ class CloudState:
                     "dies_at": s.dies_at, "died_at": s.died_at,
                     # the bad-image marker's line, or None
                     "bad_image": s.bad_image,
+                    # network service: floating IPs attached to its port
+                    "floating_addresses": list(s.floating_addresses),
                     "deleted_at": iso(s.deleted_at) if s.deleted_at else None,
                 })
             return report
@@ -994,6 +1271,11 @@ class CloudState:
             hosts = [s.host for s in self.servers.values() if s.host]
             for server in self.servers.values():
                 server.host = None
+            forwarders = [f.forwarder for f in self.floating_ips.values()
+                          if f.forwarder is not None]
+            for fip in self.floating_ips.values():
+                fip.forwarder = None
+        _stop_all(forwarders)
         for host in hosts:
             host.stop()
 
@@ -1001,3 +1283,219 @@ class CloudState:
 class _BootFailure(Exception):
     pass
 
+
+def subnet_reserved(network):
+    """Addresses of a network-service subnet no port gets: network address,
+    gateway (the first host) and broadcast."""
+    first = int(network.network_address)
+    return {str(ipaddress.IPv4Address(first)),
+            str(ipaddress.IPv4Address(first + 1)),
+            str(network.broadcast_address)}
+
+
+def _next_free(network, cursor, taken, reserved=()):
+    """(address, new cursor): the next address of ``network`` from
+    ``cursor`` on that is not taken, reserved, x.x.x.0, x.x.x.255 or
+    127.0.0.1; (None, cursor) when there is none."""
+    size = network.num_addresses
+    for _ in range(size):
+        number = int(network.network_address) + cursor % size
+        cursor += 1
+        address = str(ipaddress.IPv4Address(number))
+        if number & 0xFF in (0, 255) or address == "127.0.0.1" \
+                or address in taken or address in reserved:
+            continue
+        return address, cursor
+    return None, cursor
+
+
+
+def _stop_all(forwarders):
+    for forwarder in forwarders:
+        if forwarder is not None:
+            forwarder.stop()
+
+
+class TcpForwarder:
+    """The NAT of a floating IP: every TCP connection to address:port is
+    relayed to target:target_port, both ways, half-closes included.  One
+    thread (a selector loop) per forwarder, however many connections;
+    ``stop()`` closes the listener and every relayed connection and joins
+    the thread."""
+
+    #: Bytes buffered per direction before the sender is no longer read.
+    BUFFER = 256 * 1024
+    #: Relayed connections at once; more are accepted and closed at once.
+    MAX_CONNECTIONS = 256
+    POLL_INTERVAL = 0.1
+
+    def __init__(self, address, port, target, target_port, name):
+        self.address, self.port = address, port
+        self.target, self.target_port = target, target_port
+        self.name = name
+        self._stopping = threading.Event()
+        self._thread = None
+        self._listener = None
+        self._selector = None
+
+    def __repr__(self):
+        return "<TcpForwarder %s:%d -> %s:%d>" % (
+            self.address, self.port, self.target, self.target_port)
+
+    def start(self):
+        """Bind and listen (OSError if the address cannot be bound), then
+        serve in a thread."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.address, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listener = sock
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(sock, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._serve, name=self.name,
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _serve(self):
+        links = set()
+        try:
+            while not self._stopping.is_set():
+                for key, events in self._selector.select(self.POLL_INTERVAL):
+                    if key.data is None:
+                        self._accept(links)
+                        continue
+                    link, sock = key.data
+                    link.handle(sock, events)
+                    if link.closed:
+                        links.discard(link)
+        except Exception:       # never let the thread die silently
+            LOG.exception("%r failed", self)
+        finally:
+            for link in list(links):
+                link.close()
+            self._selector.unregister(self._listener)
+            self._listener.close()
+            self._selector.close()
+
+    def _accept(self, links):
+        try:
+            client, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            LOG.debug("%r: accept failed: %s", self, e)
+            return
+        if len(links) >= self.MAX_CONNECTIONS:
+            client.close()
+            return
+        client.setblocking(False)
+        upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        upstream.setblocking(False)
+        err = upstream.connect_ex((self.target, self.target_port))
+        if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+            client.close()
+            upstream.close()
+            return
+        links.add(_Link(self._selector, client, upstream))
+
+
+class _Link:
+    """One relayed connection: the client's socket and ours to the target
+    (connecting until it is writable)."""
+
+    def __init__(self, selector, client, upstream):
+        self.selector = selector
+        self.client, self.upstream = client, upstream
+        self.connecting = True
+        self.closed = False
+        # bytes waiting to be written to each socket; whether each socket
+        # has sent EOF; whether we shut down writing to it; its event mask
+        self.out = {client: bytearray(), upstream: bytearray()}
+        self.eof = {client: False, upstream: False}
+        self.shut = {client: False, upstream: False}
+        self.mask = {client: 0, upstream: 0}
+        self._update()
+
+    def _peer(self, sock):
+        return self.upstream if sock is self.client else self.client
+
+    def _wanted(self, sock):
+        if self.connecting:
+            return selectors.EVENT_WRITE if sock is self.upstream else 0
+        mask = 0
+        if not self.eof[sock] and \
+                len(self.out[self._peer(sock)]) < TcpForwarder.BUFFER:
+            mask |= selectors.EVENT_READ
+        if self.out[sock]:
+            mask |= selectors.EVENT_WRITE
+        return mask
+
+    def _update(self):
+        if not self.connecting and all(self.eof.values()) and \
+                not any(self.out.values()):
+            self.close()
+            return
+        for sock in (self.client, self.upstream):
+            wanted, current = self._wanted(sock), self.mask[sock]
+            if wanted == current:
+                continue
+            if current == 0:
+                self.selector.register(sock, wanted, (self, sock))
+            elif wanted == 0:
+                self.selector.unregister(sock)
+            else:
+                self.selector.modify(sock, wanted, (self, sock))
+            self.mask[sock] = wanted
+
+    def handle(self, sock, events):
+        try:
+            if self.connecting:
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if error:
+                    self.close()
+                    return
+                self.connecting = False
+            else:
+                peer = self._peer(sock)
+                if events & selectors.EVENT_READ:
+                    data = sock.recv(65536)
+                    if data:
+                        self.out[peer] += data
+                    else:
+                        self.eof[sock] = True
+                if events & selectors.EVENT_WRITE and self.out[sock]:
+                    sent = sock.send(self.out[sock])
+                    del self.out[sock][:sent]
+                for target in (self.client, self.upstream):
+                    if self.eof[self._peer(target)] and \
+                            not self.out[target] and not self.shut[target]:
+                        self.shut[target] = True
+                        target.shutdown(socket.SHUT_WR)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            self.close()
+            return
+        self._update()
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        for sock in (self.client, self.upstream):
+            if self.mask[sock]:
+                self.selector.unregister(sock)
+                self.mask[sock] = 0
+            sock.close()

@@ -18,8 +18,10 @@ random from 127.64.0.0-127.254.255.0 (unless the config names one), free API
 and admin ports, and a private temp directory; on exit every node, thread,
 listener and directory is gone.
 
-The handles' ``session()``, ``nova()`` and ``glance()`` import the OpenStack
-clients lazily, so importing this module costs nothing.
+The handles' ``session()``, ``nova()``, ``glance()`` and ``adapter(
+service_type)`` (a keystoneauth1 Adapter, e.g. for "block-storage" or
+"network") import the OpenStack clients lazily, so importing this module
+costs nothing.
 """
 
 import contextlib
@@ -162,6 +164,17 @@ class CloudHandle:
         import glanceclient
         return glanceclient.Client("2", session=session or self.session(),
                                    region_name=self.region_name)
+
+    def adapter(self, service_type, session=None, **kwargs):
+        """A keystoneauth1 Adapter for one catalog service ("block-storage",
+        "volumev3", "network", ...) on a real session: paths are relative to
+        the catalog URL (``adapter("block-storage").get("/limits")``,
+        ``adapter("network").get("/v2.0/ports")``)."""
+        from keystoneauth1 import adapter
+        kwargs.setdefault("interface", "public")
+        return adapter.Adapter(session or self.session(),
+                               service_type=service_type,
+                               region_name=self.region_name, **kwargs)
 
 
 class LocalClouds:

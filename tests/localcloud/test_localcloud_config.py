@@ -17,9 +17,10 @@ def parse(text_or_data, source="test.yaml"):
      "test.yaml: clouds[0].name: missing (required)"),
     ({"clouds": [{"name": "a", "colour": "red"}]},
      "test.yaml: clouds[0].colour: unknown key; valid keys are "
-     "address-range, domain, faults, flavors, floating-ips, images, "
-     "max-page-size, name, network-name, password, port, project, region, "
-     "seed, span-history, ssh-port, ssh-users, username"),
+     "address-range, block-storage, domain, faults, flavors, floating-ips, "
+     "floating-range, images, max-page-size, name, network-name, "
+     "network-service, password, port, project, region, seed, "
+     "span-history, ssh-port, ssh-users, username"),
     ({"clouds": [{"name": "a"}, {"name": "a"}]},
      "test.yaml: clouds: cloud name 'a' is used twice"),
     ({"clouds": [{"name": "a", "port": 70000}]},

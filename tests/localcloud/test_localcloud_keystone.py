@@ -56,7 +56,7 @@ def test_token_response_shape(cloud):
     assert token["expires_at"].endswith("Z")
     assert token["project"]["domain"] == {"id": "default", "name": "Default"}
     types = {entry["type"]: entry for entry in token["catalog"]}
-    assert set(types) == {"identity", "compute", "image"}
+    assert set(types) == {"identity", "compute", "image", "block-storage", "volumev3"}
     endpoint = types["compute"]["endpoints"][0]
     assert set(endpoint) == {"id", "interface", "region", "region_id", "url"}
     assert {e["interface"] for e in types["image"]["endpoints"]} == \

@@ -92,6 +92,8 @@ def refused(host):
         socket.create_connection((host.address, host.port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except OSError:     # reset by an endpoint going down (seen under load): not yet
+        return False
     return False
 
 
