@@ -97,8 +97,10 @@ class _Capture(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
-def connect(ip, port, username, pkey, timeout, host_key=None):
-    """An SSHClient logged in to ip:port; pins host_key ('type base64') when given."""
+def connect(ip, port, username, pkey, timeout, host_key=None, host_key_types=None):
+    """An SSHClient logged in to ip:port; pins host_key ('type base64') when given.
+    host_key_types: the only host-key algorithms to accept (a host offering several
+    keys shows the one of these types), default any."""
     client = paramiko.SSHClient()
     if host_key:
         kind, _, body = host_key.partition(' ')
@@ -116,9 +118,13 @@ def connect(ip, port, username, pkey, timeout, host_key=None):
         # commands each wait out Nagle's delay.
         sock = socket.create_connection((ip, int(port)), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        disabled = None
+        if host_key_types:
+            disabled = {'keys': [t for t in paramiko.Transport._preferred_keys
+                                 if t not in host_key_types]}
         client.connect(ip, port=int(port), username=username, pkey=pkey, timeout=timeout,
                        banner_timeout=timeout, auth_timeout=timeout, allow_agent=False,
-                       look_for_keys=False, sock=sock)
+                       look_for_keys=False, sock=sock, disabled_algorithms=disabled)
     except paramiko.BadHostKeyException:
         client.close()
         raise HostKeyMismatch('%s:%s: host key changed since the node was checked; refusing'

@@ -58,6 +58,9 @@ MARKER = '.devstack-gate-reset-requested'
 FLAVOR = cloud.Flavor('bare-metal', 'bare-metal', 0, 0, 0)
 #: Hosts probed at once while their uses wait for them.
 PROBE_WORKERS = 16
+#: The host-key types a configured fingerprint is looked for among, in turn.
+FINGERPRINT_TYPES = (('ssh-ed25519',), ('ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384',
+                                        'ecdsa-sha2-nistp521'), ('rsa-sha2-512', 'rsa-sha2-256'))
 
 
 class ResetFailed(CloudError):
@@ -145,12 +148,26 @@ class Adapter(cloud.Adapter):
             raise ssh.HostKeyMismatch('%s:%s does not offer the configured host-key'
                                       % (host.address, self.provider.ssh_port))
         if host.host_key and host.host_key.startswith('SHA256:'):
-            seen = ssh.fingerprint(ssh.remote_host_key(client))
-            if seen != host.host_key:
+            # A fingerprint does not say its key's type, and a host offers several keys:
+            # each type the host shows is checked, the one it prefers first.
+            seen = [ssh.fingerprint(ssh.remote_host_key(client))]
+            for types in FINGERPRINT_TYPES:
+                if host.host_key in seen:
+                    break
                 client.close()
+                try:
+                    client = ssh.connect(host.address, self.provider.ssh_port, host.username,
+                                         self._key(), timeout, host_key_types=types)
+                except paramiko.SSHException:
+                    client = None           # the host offers no key of this type
+                    continue
+                seen.append(ssh.fingerprint(ssh.remote_host_key(client)))
+            if host.host_key not in seen:
+                if client is not None:
+                    client.close()
                 raise ssh.HostKeyMismatch('%s:%s offers %s, not the configured host-key %s'
-                                          % (host.address, self.provider.ssh_port, seen,
-                                             host.host_key))
+                                          % (host.address, self.provider.ssh_port,
+                                             ', '.join(dict.fromkeys(seen)), host.host_key))
         return client
 
     def probe(self, host):
