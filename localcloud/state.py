@@ -627,6 +627,17 @@ class CloudState:
             with open(path, "w") as f:
                 f.write(marker)
 
+    def _active_server(self, server_id, action):
+        """The ACTIVE server (under the lock): ApiError 404 for an unknown or
+        deleted one, 409 for one in another state."""
+        server = self.servers.get(server_id)
+        if server is None or server.deleted:
+            raise ApiError(404, "Instance %s could not be found." % server_id)
+        if server.status != "ACTIVE":
+            raise ApiError(409, "Cannot %s instance %s while it is in vm_state %s"
+                           % (action, server_id, server.vm_state))
+        return server
+
     # -- node death --------------------------------------------------------------
 
     def kill_node(self, server_id):
@@ -634,13 +645,7 @@ class CloudState:
         ApiError 404 for an unknown (or deleted) server, 409 for one that is
         not ACTIVE or does not answer SSH (no network, already dead)."""
         with self.lock:
-            server = self.servers.get(server_id)
-            if server is None or server.deleted:
-                raise ApiError(404, "Instance %s could not be found."
-                               % server_id)
-            if server.status != "ACTIVE":
-                raise ApiError(409, "Cannot kill instance %s while it is in "
-                               "vm_state %s" % (server_id, server.vm_state))
+            server = self._active_server(server_id, "kill")
             if server.died_at is not None or server.host is None \
                     or not server.host.reachable:
                 raise ApiError(409, "Cannot kill instance %s: it does not "
@@ -822,14 +827,7 @@ class CloudState:
 
     def console_output(self, server_id, length=None):
         with self.lock:
-            server = self.servers.get(server_id)
-            if server is None or server.deleted:
-                raise ApiError(404, "Instance %s could not be found."
-                               % server_id)
-            if server.status != "ACTIVE":
-                raise ApiError(409, "Cannot 'get_console_output' instance %s "
-                               "while it is in vm_state %s"
-                               % (server_id, server.vm_state))
+            server = self._active_server(server_id, "'get_console_output'")
             lines = ["localcloud node %s (%s)" % (server.name, server.id),
                      "-----BEGIN SSH HOST KEY FINGERPRINTS-----",
                      "-----END SSH HOST KEY FINGERPRINTS-----",
