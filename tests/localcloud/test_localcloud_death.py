@@ -8,8 +8,6 @@ import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import paramiko
 import pytest
@@ -21,6 +19,7 @@ from localcloud.faults import BAD_IMAGE_MARKER
 from localcloud.state import ApiError
 from localcloud.testing import (CloudHandle, listening_sockets, ssh_connect,
                                 ssh_run, wait_for_image, wait_for_server)
+from tests.localcloud.test_localcloud_faults import _admin
 
 
 def _address(server):
@@ -49,16 +48,6 @@ def _no_banner(address, key):
 def _node_threads(address):
     return [t for t in threading.enumerate()
             if t.name == "sshhost-%s:2222" % address]
-
-
-def _admin(url, method="GET", body=None):
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 # -- validation -------------------------------------------------------------------
