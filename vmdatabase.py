@@ -35,6 +35,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+import weakref
 
 from devstackgate import claim as claimmod
 from devstackgate.claim import server_has_skip_locked  # noqa: F401 (its home was here)
@@ -924,15 +925,22 @@ class Database:
         self.retries = int(retries)
         self.read_only = read_only
         self._environ = os.environ if environ is None else environ
-        # MySQL/MariaDB: a connection whose transaction ended cleanly is kept
-        # (at most _POOL_SIZE, for idle_reuse seconds) for this process's next
-        # one: a claim is then a few statements, not a connect, a handshake
-        # and session set-up.  0 opens a connection per transaction.  SQLite
-        # connections are never kept: with kept connections, 32 processes
-        # claiming lost commits in the handout benchmark (not understood yet).
-        self.idle_reuse = float(idle_reuse) if self.url.backend != 'sqlite' else 0.0
+        # A connection whose transaction ended cleanly is kept (at most
+        # _POOL_SIZE, for idle_reuse seconds) for this process's next one: a
+        # claim is then a few statements, not a connect and session set-up
+        # (MySQL: a handshake; SQLite: opening the file, and closing the last
+        # connection checkpoints the WAL, about 1 ms each).  0 opens a
+        # connection per transaction.  SQLite connections must never cross a
+        # fork: a child that opens the file while the parent's connection is
+        # still in its memory shares that connection's locks and WAL index
+        # without holding the locks, and commits are lost (seen with 32
+        # forked claimers).  So idle SQLite connections are closed before
+        # every fork (_close_sqlite_before_fork).
+        self.idle_reuse = float(idle_reuse)
         self._idle = []             # [(conn, since, identity)]
         self._idle_lock = threading.Lock()
+        if self.url.backend == 'sqlite':
+            _SQLITE_DATABASES.add(self)
         self._pid = os.getpid()
         # MySQL/MariaDB: claim with FOR UPDATE SKIP LOCKED (None: when the
         # server has it, found from its version, or from a syntax error).
@@ -1320,6 +1328,18 @@ class Database:
 #: Connections a forked child inherited in a Database's pool: never used nor
 #: closed there (closing would end the parent's session), only kept referenced.
 _FORKED_AWAY = []
+
+#: Every SQLite Database of this process, whose idle connections a fork closes first.
+_SQLITE_DATABASES = weakref.WeakSet()
+
+
+def _close_sqlite_before_fork():
+    for db in list(_SQLITE_DATABASES):
+        if getattr(db, '_pid', None) == os.getpid():
+            db.close()
+
+
+os.register_at_fork(before=_close_sqlite_before_fork)
 
 
 def _log_transition(row, to_state, when, reason):
