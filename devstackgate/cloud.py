@@ -325,20 +325,26 @@ class Adapter:
     def paged(self, what, page, key=lambda item: item.id):
         """One logical list call made of pages: page(marker) gives the items
         after `marker` (None: the first page), each page through its own
-        call() (with its retries), until an empty page.  api-timeout bounds
-        all the pages; a page ending on a marker already used (a cloud whose
-        paging does not advance) is a BadAnswer.  An item listed twice is
-        kept once."""
+        call() (with its retries), until an empty page, or a page that says
+        it is the last: page() may give (items, more), more false when the
+        cloud linked no next page (nova links one only from a full page), so
+        a list that fits one page is one call.  api-timeout bounds all the
+        pages; a page ending on a marker already used (a cloud whose paging
+        does not advance) is a BadAnswer.  An item listed twice is kept once."""
         with self.logical_call(what):
             items, seen, markers, marker = [], set(), set(), None
             while True:
-                batch = page(marker)
+                batch, more = page(marker), True
+                if isinstance(batch, tuple):
+                    batch, more = batch
                 if not batch:
                     return items
                 for item in batch:
                     if key(item) not in seen:
                         seen.add(key(item))
                         items.append(item)
+                if not more:
+                    return items
                 marker = key(batch[-1])
                 if marker in markers:
                     raise BadAnswer('provider %s: %s: the cloud\'s pages do not advance '

@@ -111,7 +111,7 @@ def test_nonsense_messages_say_what_was_wrong(servers, rax):
         said[nonsense] = str(e.value).split(' (', 1)[1]
     assert said['truncated-json'].startswith('HTTP 200, not valid JSON: ')
     assert said['html-200'] == 'HTTP 200 with text/html, not JSON)'
-    assert said['empty-object'] == "KeyError: 'servers')"
+    assert said['empty-object'] == 'a server list whose servers are nothing)'
     assert said['missing-id'] == 'server has no id)'
     assert re.fullmatch(r'server \S+ has no name\)', said['missing-name'])
     assert re.fullmatch(r'server \S+: addresses is nothing, not a mapping\)',
@@ -128,8 +128,9 @@ def test_a_repeated_marker_is_an_error_at_once(servers, rax):
     rax.reset_stats()
     listed = [s.id for s in a.list_servers()]
     assert set(ids) <= set(listed) and len(listed) == len(set(listed))
-    # pages of two at most, then an empty one
-    assert rax.calls(LIST) == (len(listed) + 1) // 2 + 1
+    # pages of two at most; a full page links the next, so an empty one ends a list
+    # whose last page is full, and a page with room to spare ends it at once
+    assert rax.calls(LIST) == len(listed) // 2 + 1
     rax.set_faults({'paging': 'repeat-marker'})
     rax.reset_stats()
     started = time.monotonic()
@@ -178,13 +179,15 @@ def test_api_timeout_bounds_the_pages_and_their_retries_together(local, rax):
 @pytest.fixture
 def pool(tmp_path, clouds_for, sqlite_url):
     base = make_base_dir(tmp_path)
-    clouds = clouds_for(cloud_config('rax', base))
+    clouds = clouds_for(cloud_config('rax', base, **{'max-page-size': 2}))
     pool = Pool(tmp_path, clouds, sqlite_url, [provider('rax', **{'api-timeout': 1})])
     pool.seed_base_images('rax', 'precise')
-    # A server of someone else's, so every server list has an entry to garble.
+    # Servers of someone else's, so every server list has entries to garble, and
+    # fills a page (which links the next: the paging faults are met at once).
     nova = clouds['rax'].nova()
     (image,) = [i for i in clouds['rax'].images() if i['name'] == BASE_IMAGE]
-    nova.servers.create('stray', image['id'], '1')
+    for name in ('stray-1', 'stray-2'):
+        nova.servers.create(name, image['id'], '1')
     return pool
 
 
