@@ -1126,6 +1126,16 @@ class Database:
         for conn, _, _ in idle:
             _quiet_close(conn)
 
+    def __del__(self):
+        # A dropped Database closes its kept connections at once.  An sqlite3
+        # connection is in a reference cycle of its own (its statement cache), so
+        # it would otherwise stay open until the cyclic GC runs, and be inherited
+        # by any fork before that: the lost commits of 32 forked claimers.
+        try:
+            self.close()
+        except Exception:   # a half-made Database, or the interpreter going away
+            pass
+
     @contextlib.contextmanager
     def session(self):
         """A transaction: commit on normal exit, roll back on an exception.
