@@ -38,6 +38,7 @@ import urllib.parse
 import weakref
 
 from devstackgate import claim as claimmod
+from devstackgate import sqlitequeue
 from devstackgate.claim import server_has_skip_locked  # noqa: F401 (its home was here)
 from devstackgate.errors import DatabaseBusy, DatabaseError
 
@@ -1143,10 +1144,20 @@ class Database:
         SQLite sessions take the write lock up front (BEGIN IMMEDIATE) so two
         writers never deadlock upgrading read locks; a lock held by another
         writer is waited for by the driver (busy timeout = lock_timeout), not
-        by sleeping here.  A connection whose transaction committed is kept
-        for the next one (see idle_reuse); any other is closed.
+        by sleeping here; and before that, in the main thread, in the kernel's
+        queue of the database's writers (devstackgate.sqlitequeue), so it is
+        woken the moment the writer before it is done.  A connection whose
+        transaction committed is kept for the next one (see idle_reuse); any
+        other is closed.
         """
-        conn, identity = self._checkout()
+        queued = None
+        if self.url.backend == 'sqlite' and not self.read_only:
+            queued = sqlitequeue.enter(self.url.path, self.lock_timeout)
+        try:
+            conn, identity = self._checkout()
+        except BaseException:
+            sqlitequeue.leave(queued)
+            raise
         errors = self._driver_errors()
         clean = False
         try:
@@ -1160,6 +1171,8 @@ class Database:
                 yield session
                 conn.commit()
                 clean = True
+                sqlitequeue.leave(queued)
+                queued = None
                 for row, to_state, when, reason in session.transitions:
                     _log_transition(row, to_state, when, reason)
             except errors as e:
@@ -1169,6 +1182,7 @@ class Database:
                 _quiet_rollback(conn)
                 raise
         finally:
+            sqlitequeue.leave(queued)
             if clean:
                 self._checkin(conn, identity)
             else:

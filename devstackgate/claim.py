@@ -243,6 +243,8 @@ class FastDatabase:
         # As vmdatabase.Database._connect_sqlite and session() do it.
         timeout = float(self.config.db_lock_timeout)
         conn = None
+        from devstackgate import sqlitequeue      # as vmdatabase's sessions queue
+        queued = sqlitequeue.enter(self._path, timeout)
         try:
             directory = os.path.dirname(self._path)
             if directory:
@@ -259,6 +261,7 @@ class FastDatabase:
         except (sqlite3.Error, OSError):
             raise _Fallback()
         finally:
+            sqlitequeue.leave(queued)
             if conn is not None:
                 try:
                     conn.close()

@@ -1,0 +1,126 @@
+"""The SQLite writers' queue in the kernel (devstackgate.sqlitequeue)."""
+
+import multiprocessing
+import signal
+import threading
+import time
+
+import vmdatabase
+from devstackgate import sqlitequeue
+
+
+def _hold(path, seconds, ready):
+    fd = sqlitequeue.enter(path, 5)
+    ready.set()
+    time.sleep(seconds)
+    sqlitequeue.leave(fd)
+
+
+def holder(path, seconds):
+    """Another process in the queue for `seconds`; returns it once it is in."""
+    ctx = multiprocessing.get_context('fork')
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold, args=(path, seconds, ready))
+    p.start()
+    assert ready.wait(10)
+    return p
+
+
+def test_a_free_queue_is_entered_at_once_and_left_by_closing(tmp_path):
+    path = str(tmp_path / 'pool.db')
+    fd = sqlitequeue.enter(path, 1)
+    assert fd is not None and (tmp_path / 'pool.db-writers').exists()
+    sqlitequeue.leave(fd)
+    again = sqlitequeue.enter(path, 1)      # left: free again
+    assert again is not None
+    sqlitequeue.leave(again)
+    sqlitequeue.leave(None)                 # nothing to do
+
+
+def test_a_writer_waits_for_the_one_before_it_and_goes_when_it_leaves(tmp_path):
+    path = str(tmp_path / 'pool.db')
+    p = holder(path, 0.5)
+    started = time.monotonic()
+    fd = sqlitequeue.enter(path, 10)
+    waited = time.monotonic() - started
+    assert fd is not None and 0.3 < waited < 5
+    sqlitequeue.leave(fd)
+    p.join(10)
+
+
+def test_a_wait_ends_at_its_timeout_and_leaves_sigalrm_as_it_was(tmp_path):
+    path = str(tmp_path / 'pool.db')
+    p = holder(path, 3)
+    seen = []
+    mine = signal.signal(signal.SIGALRM, lambda *a: seen.append('mine'))
+    try:
+        started = time.monotonic()
+        assert sqlitequeue.enter(path, 0.3) is None
+        assert 0.25 < time.monotonic() - started < 2
+        assert signal.getsignal(signal.SIGALRM) is not None
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        signal.raise_signal(signal.SIGALRM)
+        assert seen == ['mine']             # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGALRM, mine)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    p.join(10)
+
+
+def test_someone_elses_timer_and_other_threads_do_not_queue(tmp_path):
+    path = str(tmp_path / 'pool.db')
+    p = holder(path, 3)
+    previous = signal.signal(signal.SIGALRM, lambda *a: None)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 30)
+        started = time.monotonic()
+        assert sqlitequeue.enter(path, 5) is None
+        assert time.monotonic() - started < 1
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 25    # untouched
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    got = []
+    t = threading.Thread(target=lambda: got.append(sqlitequeue.enter(path, 5)))
+    started = time.monotonic()
+    t.start()
+    t.join(10)
+    assert got == [None] and time.monotonic() - started < 1
+    p.join(10)
+
+
+def test_a_session_waits_in_the_queue_and_then_writes(tmp_path):
+    url = 'sqlite:///%s' % (tmp_path / 'pool.db')
+    db = vmdatabase.Database(url, lock_timeout=10).upgrade()
+    p = holder(str(tmp_path / 'pool.db'), 0.5)
+    started = time.monotonic()
+    with db.session() as s:
+        s.create_node('rax', 'precise', state='ready', name='n0')
+    assert time.monotonic() - started > 0.3
+    with db.session() as s:
+        assert [n.name for n in s.nodes()] == ['n0']
+    p.join(10)
+
+
+def test_a_writer_that_does_not_queue_is_still_kept_out_by_sqlite(tmp_path):
+    """The queue is only an aid: a writer outside it (another thread here) still
+    waits for SQLite's own lock, so the two never write at once."""
+    url = 'sqlite:///%s' % (tmp_path / 'pool.db')
+    db = vmdatabase.Database(url, lock_timeout=10).upgrade()
+    inside = threading.Event()
+    order = []
+
+    def other():
+        with vmdatabase.Database(url, lock_timeout=10).session() as s:
+            inside.set()
+            s.create_node('rax', 'precise', name='first')
+            time.sleep(0.3)
+            order.append('first')
+    t = threading.Thread(target=other)
+    t.start()
+    assert inside.wait(10)
+    with db.session() as s:
+        order.append('second')
+        s.create_node('rax', 'precise', name='second')
+    t.join(10)
+    assert order == ['first', 'second']
