@@ -136,7 +136,10 @@ GLOBAL_KEYS = {
                           doc='shortest pause between the polls of an image build'),
     'launch-deadline': Key('number', 480, minimum=1,
                            doc='seconds one launch run may wait; shorter than its Jenkins period'),
-    'launch-workers': Key('int', 8, minimum=1, doc='parallel boots and SSH checks per run'),
+    'launch-workers': Key('int', 8, minimum=1, doc='parallel server creates per run'),
+    'launch-check-workers': Key('int', 64, minimum=1,
+                                doc='parallel SSH checks per run (each waits for its node to '
+                                    'answer SSH, seconds to minutes on a real cloud)'),
     'launch-poll-interval': Key('number', 0.5, minimum=0.01,
                                 doc='seconds between the server list calls of a launch run '
                                     'while its nodes boot, and between SSH attempts on a node'),
@@ -467,6 +470,7 @@ class Config:
     image_poll_min: float
     launch_deadline: float
     launch_workers: int
+    launch_check_workers: int
     launch_poll_interval: float
     ssh_connect_timeout: float
     ready_check_timeout: float

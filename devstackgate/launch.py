@@ -377,11 +377,11 @@ class Launcher:
     def wait(self, watch, booting=(), pool=None):
         """Poll the cloud (one server list per poll, every launch-poll-interval) and
         SSH-check active nodes, until every watched node is ready or failed, or the
-        run's deadline.  `booting`: futures of boot() still running in `pool`; each
-        node they return is watched from then on.  A check records its node's outcome
-        as soon as it ends, in the worker that ran it."""
+        run's deadline.  `booting`: futures of boot() still running (in run()'s
+        pool of creates); each node they return is watched from then on.  The checks
+        run in `pool`, and each records its node's outcome as soon as it ends."""
         if pool is None:
-            with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
+            with concurrent.futures.ThreadPoolExecutor(self.config.launch_check_workers) as pool:
                 return self.wait(watch, booting, pool)
         pending = {n.id: n for n in watch}
         booting = set(booting)
@@ -571,9 +571,13 @@ class Launcher:
                     self.adapter.flavor_for(image.min_ram)
                 except cloud.NoFlavor as e:
                     raise cloud.NoFlavor('%s (label %s)' % (e, label))
-        # Boots and SSH checks share the workers; the polls start while nodes boot.
-        with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as pool:
-            booting = [pool.submit(self.boot, label, row) for label, row in boots]
+        # Creates and SSH checks have workers of their own: a check waits for its node
+        # to answer SSH (on a real cloud seconds to minutes after ACTIVE), and eight
+        # shared workers made the nodes of a big fill wait for each other's sshd.  The
+        # polls start while nodes boot.
+        with concurrent.futures.ThreadPoolExecutor(self.config.launch_workers) as boot_pool, \
+                concurrent.futures.ThreadPoolExecutor(self.config.launch_check_workers) as pool:
+            booting = [boot_pool.submit(self.boot, label, row) for label, row in boots]
             self.wait(watch, booting, pool)
         counts = collections.Counter((n.label, n.state) for n in self._nodes())
         metrics.node_gauges(metrics.get(), self.provider.name,

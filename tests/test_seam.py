@@ -74,6 +74,32 @@ def test_launch_boots_in_parallel_under_api_latency(tmp_path, clouds_for, sqlite
     assert max_overlap(spans + pool.clouds['rax'].call_spans(LIST)) >= 4
 
 
+@pytest.mark.parametrize('check_workers', [1, 4])
+def test_ssh_checks_have_workers_of_their_own(tmp_path, clouds_for, sqlite_url, check_workers):
+    """One create worker, and SSH checks that take a second (as a node's sshd
+    coming up would): launch-check-workers of them run together, not behind the
+    creates' one worker."""
+    count, spans = 4, tmp_path / 'check-spans'
+    check = ('t0=$(date +%%s.%%N); sleep 1; echo "$t0 $(date +%%s.%%N)" >> %s' % spans)
+    base = make_base_dir(tmp_path)
+    clouds = clouds_for(cloud_config('rax', base))
+    pool = Pool(tmp_path, clouds, sqlite_url, [provider('rax', **{
+        'max-servers': count, 'images': [
+            {'name': 'precise', 'base-image': 'Ubuntu 12.04 LTS', 'min-ram': 512,
+             'min-ready': count, 'ready-check': check}]})],
+        **{'launch-workers': 1, 'launch-check-workers': check_workers})
+    pool.seed_base_images('rax', 'precise')
+    proc = pool.run('devstack-vm-launch.py', 'rax')
+    assert proc.returncode == 0, proc.stderr
+    assert len(pool.nodes(provider='rax', state='ready')) == count
+    got = [tuple(map(float, line.split())) for line in spans.read_text().splitlines()]
+    assert len(got) == count
+    if check_workers == 1:
+        assert max_overlap(got) == 1, got
+    else:
+        assert max_overlap(got) >= 3, got
+
+
 def test_api_rate_spaces_call_starts_without_serialising_calls(tmp_path, clouds_for,
                                                                sqlite_url):
     pool = pool_with_latency(tmp_path, clouds_for, sqlite_url, 0.3, **{'api-rate': 0.2})
