@@ -215,8 +215,11 @@ def test_a_file_left_by_one_gate_run_is_gone_for_the_next(tmp_path, metal, db_ur
         'labels': ['precise'], 'git-base': gerrit.base,
         'projects': ['openstack/devstack', 'openstack/nova'], 'test-timeout': 30,
         'fetch-wait': 5, 'git-timeout': 20, 'git-retries': 2, 'rsync-timeout': 30,
-        # Fails if an earlier run's file is still there; leaves one for the next.
-        'test-command': 'test ! -e ~/left-by-a-run && date > ~/left-by-a-run'})
+        # Fails if an earlier run's file is still there; leaves one for the next, and
+        # says so outside the host (the reset may already have taken the file when
+        # gate.sh returns: it follows the reset command by only reset_delay).
+        'test-command': 'test ! -e ~/left-by-a-run && date > ~/left-by-a-run && '
+                        'echo left >> %s' % (tmp_path / 'runs-that-left-a-file')})
     host = mp.hosts['metal-1']
     mp.launch()
     (node,) = mp.nodes(state='ready')
@@ -231,7 +234,7 @@ def test_a_file_left_by_one_gate_run_is_gone_for_the_next(tmp_path, metal, db_ur
         assert 'NODE_PROVIDER=metal' in out
         assert 'host metal-1 reset requested (use %s ended)' % node.external_id in out
         assert 'Traceback' not in out and 'paramiko' not in out
-        assert os.path.exists(os.path.join(host.root, 'left-by-a-run'))
+        assert (tmp_path / 'runs-that-left-a-file').read_text() == 'left\n' * run
         mp.pool.wait_for(lambda: host.resets == run and host.state == 'up', timeout=20,
                          what='the host to come back from reset %d' % run)
         assert not os.path.exists(os.path.join(host.root, 'left-by-a-run'))
