@@ -144,6 +144,10 @@ GLOBAL_KEYS = {
                                 doc='seconds between the server list calls of a launch run '
                                     'while its nodes boot, and between SSH attempts on a node'),
     'ssh-connect-timeout': Key('number', 10, minimum=0.1, doc='seconds per SSH connect attempt'),
+    'ssh-parallel-logins': Key('int', 8, minimum=1,
+                               doc='SSH logins (handshake, then ready check) a launch run has '
+                                   'in flight at once; its waits for nodes\' SSH banners '
+                                   'are not counted'),
     'ready-check-timeout': Key('number', 120, minimum=1, doc='seconds the ready check may run'),
     'fetch-poll': Key('number', 2, minimum=0.01,
                       doc='seconds between database polls while fetch waits'),
@@ -473,6 +477,7 @@ class Config:
     launch_check_workers: int
     launch_poll_interval: float
     ssh_connect_timeout: float
+    ssh_parallel_logins: int
     ready_check_timeout: float
     fetch_poll: float
     max_ready_hours: float

@@ -144,6 +144,9 @@ class Launcher:
         self.canary_labels = {}     # label -> the Quarantine its canary (this run's) probes
         self.canaries = set()       # node ids booted as canaries
         self._count_lock = threading.Lock()     # the summary's counters, bumped by workers
+        # The logins (handshake and ready check) in flight at once: the waits for a
+        # node's SSH before them are cheap and not counted (ssh.banner).
+        self._logins = threading.BoundedSemaphore(config.ssh_parallel_logins)
 
     # -- bookkeeping ------------------------------------------------------
     def _nodes(self):
@@ -355,14 +358,16 @@ class Launcher:
                                       deadline, self.config.ssh_connect_timeout,
                                       interval=self.config.launch_poll_interval,
                                       describe=describe(node) + ': ', clock=self.clock,
-                                      sleep=self.sleep)
+                                      sleep=self.sleep, logins=self._logins)
         except ssh.SSHTimeout as e:
             if deadline < node_deadline:
                 return Check('pending', message=str(e))
             return Check('failed', 'no-network', str(e))
         try:
             host_key = ssh.remote_host_key(client)
-            status, output = ssh.run(client, image.ready_check, self.config.ready_check_timeout)
+            with self._logins:
+                status, output = ssh.run(client, image.ready_check,
+                                         self.config.ready_check_timeout)
         except ssh.SSHError as e:
             return Check('failed', e.reason, str(e))
         except Exception as e:  # a connection dropped mid-check

@@ -8,6 +8,7 @@ printed or logged.
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import os
@@ -145,10 +146,33 @@ def remote_host_key(client):
     return host_key_line(client.get_transport().get_remote_server_key())
 
 
+def banner(ip, port, timeout):
+    """Whether an SSH server answers at ip:port: its identification line
+    ('SSH-...') within `timeout` s.  A TCP connect and one read: far cheaper
+    than a login, so many nodes can be waited for at once while their sshd
+    comes up, and only a node that answers costs a handshake."""
+    try:
+        with socket.create_connection((ip, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            got = b''
+            while b'\n' not in got and len(got) < 1024:
+                data = sock.recv(256)
+                if not data:
+                    break
+                got += data
+    except OSError:
+        return False
+    # RFC 4253: lines before the identification are allowed; it starts with SSH-.
+    return any(line.startswith(b'SSH-') for line in got.split(b'\n'))
+
+
 def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, interval=2.0,
-                 describe='', clock=time.monotonic, sleep=time.sleep):
+                 describe='', clock=time.monotonic, sleep=time.sleep, logins=None):
     """Connect until it works or `deadline` (a clock() value) passes.
 
+    logins: a semaphore (context manager) each login attempt holds; when given,
+    an attempt first waits for the server's SSH banner without it (banner()),
+    so nodes whose sshd is not up yet hold no login slot.
     Logs what it waits for and how long it has waited.  Raises SSHTimeout.
     """
     last_error = None
@@ -161,9 +185,14 @@ def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, inter
     try:
         for waited in wait.iterate(deadline, interval, 'SSH on %s:%s' % (ip, port), clock=clock,
                                    sleep=sleep, progress=progress):
+            timeout = max(0.1, min(connect_timeout, deadline - clock()))
+            if logins is not None:
+                if not banner(ip, port, timeout):
+                    last_error = 'no SSH banner yet'
+                    continue
             try:
-                return connect(ip, port, username, pkey,
-                               timeout=max(0.1, min(connect_timeout, deadline - clock())))
+                with logins if logins is not None else contextlib.nullcontext():
+                    return connect(ip, port, username, pkey, timeout=timeout)
             except HostKeyMismatch:
                 raise
             except (OSError, socket.timeout, EOFError, paramiko.SSHException) as e:
