@@ -917,13 +917,14 @@ class Database:
     """
 
     def __init__(self, url, lock_timeout=30.0, retries=5, environ=None, read_only=False,
-                 idle_reuse=30.0, skip_locked=None, reconnect_wait=30.0):
+                 idle_reuse=30.0, skip_locked=None, reconnect_wait=30.0, writer_queue=2):
         self.url = parse_url(url) if isinstance(url, str) else url
         # A MySQL server that refuses connections (restarting) is tried again
         # for this long before the error is final; nothing has been done yet then.
         self.reconnect_wait = float(reconnect_wait)
         self.lock_timeout = float(lock_timeout)
         self.retries = int(retries)
+        self.writer_queue = int(writer_queue)   # SQLite: see devstackgate.sqlitequeue
         self.read_only = read_only
         self._environ = os.environ if environ is None else environ
         # A connection whose transaction ended cleanly is kept (at most
@@ -955,6 +956,7 @@ class Database:
     def from_config(cls, config, **kwargs):
         kwargs.setdefault('idle_reuse', config.db_idle_reuse)
         kwargs.setdefault('reconnect_wait', config.db_reconnect_wait)
+        kwargs.setdefault('writer_queue', config.db_writer_queue)
         return cls(config.database, lock_timeout=config.db_lock_timeout,
                    retries=config.db_retries, **kwargs)
 
@@ -1152,7 +1154,7 @@ class Database:
         """
         queued = None
         if self.url.backend == 'sqlite' and not self.read_only:
-            queued = sqlitequeue.enter(self.url.path, self.lock_timeout)
+            queued = sqlitequeue.enter(self.url.path, self.lock_timeout, self.writer_queue)
         try:
             conn, identity = self._checkout()
         except BaseException:

@@ -244,7 +244,7 @@ class FastDatabase:
         timeout = float(self.config.db_lock_timeout)
         conn = None
         from devstackgate import sqlitequeue      # as vmdatabase's sessions queue
-        queued = sqlitequeue.enter(self._path, timeout)
+        queued = sqlitequeue.enter(self._path, timeout, int(self.config.db_writer_queue))
         try:
             directory = os.path.dirname(self._path)
             if directory:

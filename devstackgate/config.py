@@ -98,6 +98,10 @@ GLOBAL_KEYS = {
     'db-lock-timeout': Key('number', 30, minimum=1,
                            doc='seconds a database lock may be waited for, per attempt'),
     'db-retries': Key('int', 5, minimum=1, doc='attempts on a busy database'),
+    'db-writer-queue': Key('int', 2, minimum=0,
+                           doc='SQLite: writers that wait for the write lock in a queue in '
+                               'the kernel, woken the moment it is free; the others wait '
+                               'in SQLite\'s busy handler (0: all do)'),
     'db-idle-reuse': Key('number', 30, minimum=0,
                          doc='seconds a process keeps an idle database connection for its next '
                              'transaction; 0 opens one per transaction'),
@@ -459,6 +463,7 @@ class Config:
     hold_hours: float
     db_lock_timeout: float
     db_retries: int
+    db_writer_queue: int
     db_idle_reuse: float
     db_reconnect_wait: float
     lease_ttl: float

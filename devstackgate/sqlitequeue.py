@@ -21,6 +21,7 @@ import os
 import signal
 
 SUFFIX = '-writers'
+LINE_SUFFIX = '-writers-line'
 
 
 class _Waited(Exception):
@@ -31,10 +32,18 @@ def _expired(signum, frame):
     raise _Waited()
 
 
-def enter(path, timeout):
+def enter(path, timeout, length=2):
     """An open descriptor holding the writers' flock of database `path` (close
     it to leave the queue), or None when this writer does not queue (another
-    thread, SIGALRM in use, the file cannot be made, or `timeout` s passed)."""
+    thread, SIGALRM in use, the file cannot be made, `timeout` s passed, or
+    `length` writers are waiting in the queue already).
+
+    The queue is short on purpose: every writer it holds is woken at once when
+    its turn comes, which is what cuts the waits under a moderate load; under a
+    saturating one, many such writers woken promptly compete for the CPU with
+    the one holding the lock (32 claimers back to back on 2 cores: a third fewer
+    claims/s), so writers beyond `length` wait in SQLite's busy handler, asleep.
+    """
     try:
         fd = os.open(path + SUFFIX, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError:
@@ -47,9 +56,38 @@ def enter(path, timeout):
     except OSError:
         os.close(fd)
         return None
-    if timeout <= 0 or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+    if length <= 0 or timeout <= 0 or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
         os.close(fd)                        # someone else's timer: never touch it
         return None
+    line = _place_in_line(path, length)
+    if line is None:
+        os.close(fd)
+        return None
+    try:
+        return _wait(fd, timeout)
+    finally:
+        os.close(line)                      # closing drops the place (a POSIX lock)
+
+
+def _place_in_line(path, length):
+    """A descriptor holding one of `length` places (a byte's POSIX lock in
+    DATABASE-writers-line), or None if every place is taken."""
+    try:
+        line = os.open(path + LINE_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError:
+        return None
+    for place in range(length):
+        try:
+            fcntl.lockf(line, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, place)
+            return line
+        except OSError:
+            continue
+    os.close(line)
+    return None
+
+
+def _wait(fd, timeout):
+    """Block in flock(fd) for at most `timeout` s (SIGALRM): fd, or None."""
     try:
         previous = signal.signal(signal.SIGALRM, _expired)
     except ValueError:                      # not the main thread

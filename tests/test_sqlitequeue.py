@@ -124,3 +124,33 @@ def test_a_writer_that_does_not_queue_is_still_kept_out_by_sqlite(tmp_path):
         s.create_node('rax', 'precise', name='second')
     t.join(10)
     assert order == ['first', 'second']
+
+
+def _wait_in_line(path, ready, done):
+    ready.set()
+    fd = sqlitequeue.enter(path, 10, 1)
+    done.set()
+    sqlitequeue.leave(fd)
+
+
+def test_writers_beyond_the_queue_length_do_not_wait_in_it(tmp_path):
+    """Only `length` writers wait in the kernel; the next goes to SQLite's busy
+    handler at once (None), so a saturating load does not wake them all."""
+    path = str(tmp_path / 'pool.db')
+    p = holder(path, 2)
+    ctx = multiprocessing.get_context('fork')
+    ready, done = ctx.Event(), ctx.Event()
+    waiter = ctx.Process(target=_wait_in_line, args=(path, ready, done))
+    waiter.start()
+    assert ready.wait(10)
+    time.sleep(0.3)                         # the waiter has its place by now
+    started = time.monotonic()
+    assert sqlitequeue.enter(path, 5, 1) is None
+    assert time.monotonic() - started < 1
+    assert not done.is_set()                # still waiting in its place
+    waiter.join(10)
+    assert done.is_set()                    # and went when the holder left
+    p.join(10)
+    fd = sqlitequeue.enter(path, 5, 0)       # free: taken at once, whatever the length
+    assert fd is not None
+    sqlitequeue.leave(fd)
