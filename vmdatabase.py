@@ -943,6 +943,10 @@ class Database:
         self._idle_lock = threading.Lock()
         if self.url.backend == 'sqlite':
             _SQLITE_DATABASES.add(self)
+        # SQLite: this process's writers take turns here first.  A thread waiting
+        # for a sibling's write lock in SQLite's busy handler sleeps 1, 2, 5 ms
+        # between tries; waiting here it is woken when the sibling is done.
+        self._writers = threading.RLock()
         self._pid = os.getpid()
         # MySQL/MariaDB: claim with FOR UPDATE SKIP LOCKED (None: when the
         # server has it, found from its version, or from a syntax error).
@@ -1146,19 +1150,26 @@ class Database:
         SQLite sessions take the write lock up front (BEGIN IMMEDIATE) so two
         writers never deadlock upgrading read locks; a lock held by another
         writer is waited for by the driver (busy timeout = lock_timeout), not
-        by sleeping here; and before that, in the main thread, in the kernel's
+        by sleeping here; and before that, behind this process's other writers
+        (a lock of the Database's) and, in the main thread, in the kernel's
         queue of the database's writers (devstackgate.sqlitequeue), so it is
         woken the moment the writer before it is done.  A connection whose
         transaction committed is kept for the next one (see idle_reuse); any
         other is closed.
         """
-        queued = None
+        queued = writing = None
         if self.url.backend == 'sqlite' and not self.read_only:
+            if not self._writers.acquire(timeout=self.lock_timeout):
+                raise DatabaseBusy('database %s is busy: %g s waiting for this process\'s '
+                                   'other writers' % (self.url, self.lock_timeout))
+            writing = self._writers
             queued = sqlitequeue.enter(self.url.path, self.lock_timeout, self.writer_queue)
         try:
             conn, identity = self._checkout()
         except BaseException:
             sqlitequeue.leave(queued)
+            if writing is not None:
+                writing.release()
             raise
         errors = self._driver_errors()
         clean = False
@@ -1175,6 +1186,9 @@ class Database:
                 clean = True
                 sqlitequeue.leave(queued)
                 queued = None
+                if writing is not None:
+                    writing.release()
+                    writing = None
                 for row, to_state, when, reason in session.transitions:
                     _log_transition(row, to_state, when, reason)
             except errors as e:
@@ -1185,6 +1199,8 @@ class Database:
                 raise
         finally:
             sqlitequeue.leave(queued)
+            if writing is not None:
+                writing.release()
             if clean:
                 self._checkin(conn, identity)
             else:
@@ -1365,7 +1381,13 @@ def _close_sqlite_before_fork():
             db.close()
 
 
-os.register_at_fork(before=_close_sqlite_before_fork)
+def _new_writer_locks_in_child():
+    # A thread of the parent's may have held one: it does not exist in the child.
+    for db in list(_SQLITE_DATABASES):
+        db._writers = threading.RLock()
+
+
+os.register_at_fork(before=_close_sqlite_before_fork, after_in_child=_new_writer_locks_in_child)
 
 
 def _log_transition(row, to_state, when, reason):

@@ -5,6 +5,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 import vmdatabase
 from devstackgate import sqlitequeue
 
@@ -154,3 +156,51 @@ def test_writers_beyond_the_queue_length_do_not_wait_in_it(tmp_path):
     fd = sqlitequeue.enter(path, 5, 0)       # free: taken at once, whatever the length
     assert fd is not None
     sqlitequeue.leave(fd)
+
+
+def test_a_processs_writers_take_turns_and_a_wait_is_bounded(tmp_path):
+    """Threads of one process writing together all get through, one at a time;
+    a writer that waits past db-lock-timeout for a sibling is told the database
+    is busy, naming why."""
+    from devstackgate.errors import DatabaseBusy
+    url = 'sqlite:///%s' % (tmp_path / 'pool.db')
+    db = vmdatabase.Database(url, lock_timeout=0.5, retries=1).upgrade()
+    inside, most = [0], [0]
+    guard = threading.Lock()
+
+    def write(i):
+        def tx(s):
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            s.create_node('rax', 'precise', name='n%d' % i)
+            time.sleep(0.01)
+            with guard:
+                inside[0] -= 1
+        db.transact(tx)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with db.session() as s:
+        assert len(s.nodes()) == 8
+    assert most[0] == 1
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with db.session():
+            held.set()
+            release.wait(10)
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    try:
+        with pytest.raises(DatabaseBusy) as e:
+            with db.session():
+                pass
+        assert "this process's other writers" in str(e.value)
+    finally:
+        release.set()
+        t.join(10)
