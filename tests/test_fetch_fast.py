@@ -24,7 +24,7 @@ from devstackgate.errors import ConfigError
 from tests.test_fetch import FETCH, ROOT, add_ready, write_config
 
 HEAVY = ('yaml', 'dataclasses', 'logging', 'argparse', 'vmdatabase', 'devstackgate.config',
-         're', 'json', 'mysql.connector', 'ssl', 'socket')
+         're', 'json', 'mysql.connector', 'ssl', 'socket', 'signal', 'enum')
 
 PROBE = textwrap.dedent('''
     import sys
