@@ -75,6 +75,11 @@ class NotFound(CloudError):
     reason = 'not-found'
 
 
+class RateLimited(CloudError):
+    """The cloud answered 429 or 413 (over its rate limit)."""
+    reason = 'rate-limited'
+
+
 class CloudUnavailable(CloudError):
     """The provider's API could not be reached (outage, DNS, refused)."""
     reason = 'outage'
@@ -150,15 +155,38 @@ class RateLimiter:
     """Space the starts of calls at least `interval` seconds apart, across threads.
 
     A caller reserves the next start under the lock and sleeps outside it, so
-    calls run in parallel: only their starts are spaced.
+    calls run in parallel: only their starts are spaced.  The spacing adapts to
+    the cloud: an answer that says it is over its rate limit doubles it (up to
+    `ceiling`) and holds every call until its Retry-After; each call that
+    succeeds takes a tenth of the way back to `interval`.  So the configured
+    spacing can be short (a fill's creates need not queue a second apart) and
+    a cloud that limits harder is heard at once by every thread.
     """
 
-    def __init__(self, interval, clock=time.monotonic, sleep=time.sleep):
-        self.interval = interval
+    RECOVERY = 0.9          # per successful call, the extra spacing left
+
+    def __init__(self, interval, clock=time.monotonic, sleep=time.sleep, ceiling=None):
+        self.base = self.interval = float(interval)
+        self.ceiling = max(self.base, float(ceiling if ceiling is not None else interval))
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
         self._next = 0.0
+
+    def limited(self, retry_after=0.0):
+        """The cloud said it is over its rate limit: slow down, and hold every
+        call until `retry_after` s from now."""
+        with self._lock:
+            floor = min(self.ceiling, 0.1) if self.base == 0 else self.base
+            self.interval = min(self.ceiling, max(floor, self.interval * 2))
+            self._next = max(self._next, self._clock() + max(0.0, retry_after))
+
+    def succeeded(self):
+        if self.interval > self.base:
+            with self._lock:
+                self.interval = self.base + (self.interval - self.base) * self.RECOVERY
+                if self.interval - self.base < 0.001:
+                    self.interval = self.base
 
     def wait(self):
         with self._lock:
@@ -187,7 +215,8 @@ class Adapter:
         self.name = provider.name
         self._sleep = sleep
         self._clock = clock
-        self._limiter = RateLimiter(provider.api_rate, clock=clock, sleep=sleep)
+        self._limiter = RateLimiter(provider.api_rate, clock=clock, sleep=sleep,
+                                    ceiling=provider.api_rate_max)
         self._local = threading.local()     # this thread's logical call
         self._flavors = None
 
@@ -309,10 +338,15 @@ class Adapter:
             self.remaining()
             stats.incr(metrics.key('api', self.name, metrics.api_operation(what)))
             try:
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
             except Exception as e:    # classified; what is not the cloud's is re-raised
                 error, retry_after = self.classify(what, e)
                 stats.incr(metrics.key('api', self.name, 'error', error.reason))
+            else:
+                self._limiter.succeeded()
+                return out
+            if isinstance(error, RateLimited):
+                self._limiter.limited(retry_after or 0.0)
             if retry_after is None:
                 raise error
             delay = max(retry_after, p.api_backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))

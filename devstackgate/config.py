@@ -270,7 +270,13 @@ PROVIDER_KEYS = {
                 doc='the driver; its own keys are listed below'),
     'max-servers': Key('int', 10, minimum=0),
     'boot-timeout': Key('number', 600, minimum=1),
-    'api-rate': Key('number', 1.0, minimum=0, doc='seconds between the starts of API calls'),
+    'api-rate': Key('number', 0.1, minimum=0,
+                    doc='seconds between the starts of API calls; while the cloud answers '
+                        'that it is over its rate limit, up to api-rate-max'),
+    'api-rate-max': Key('number', 5.0, minimum=0,
+                        doc='the longest spacing of API calls the limiter backs off to while '
+                            'the cloud answers 429 or 413 (each such answer doubles it; each '
+                            'success takes a tenth of the way back to api-rate)'),
     'api-timeout': Key('number', 120, minimum=1,
                        doc='seconds one API call may take, retries included'),
     'api-retries': Key('int', 6, minimum=1, doc='attempts of one API call on 5xx/429/connection'),
@@ -418,6 +424,7 @@ class ProviderConfig:
     max_servers: int
     boot_timeout: float
     api_rate: float
+    api_rate_max: float
     api_timeout: float
     api_retries: int
     api_backoff: float

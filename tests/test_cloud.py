@@ -83,6 +83,47 @@ def test_429_honours_retry_after(local):
     assert len(slept) == 5 and all(s >= 1 for s in slept), slept
 
 
+def test_a_rate_limited_answer_slows_every_later_call_and_successes_speed_it_up(local):
+    """429s double the spacing of the provider's calls (up to api-rate-max) and hold
+    them until Retry-After; successes take it back toward api-rate."""
+    a = adapter_for(local, **{'api-rate': 0.01, 'api-rate-max': 0.5, 'api-retries': 3})
+    a.list_servers()
+    assert a._limiter.interval == 0.01
+    local['rax'].set_faults({'api-overlimit-rate': 1.0, 'api-overlimit-retry-after': 0})
+    a._sleep = lambda s: None
+    with pytest.raises(cloud.RateLimited) as e:
+        a.list_servers()
+    assert e.value.reason == 'rate-limited'
+    assert a._limiter.interval == pytest.approx(0.08)      # three answers: x2 each
+    local['rax'].set_faults({'api-overlimit-rate': 0.0})
+    a._limiter._sleep = lambda s: None
+    for _ in range(40):
+        a.list_servers()
+    assert 0.01 < a._limiter.interval < 0.02
+
+
+def test_the_limiter_backs_off_to_its_ceiling_holds_calls_and_recovers():
+    now = [100.0]
+    slept = []
+    limiter = cloud.RateLimiter(0.1, clock=lambda: now[0], sleep=slept.append, ceiling=1.0)
+    limiter.limited(retry_after=3.0)
+    assert limiter.interval == 0.2
+    limiter.wait()
+    assert slept == [3.0]                   # held until Retry-After
+    for _ in range(10):
+        limiter.limited()
+    assert limiter.interval == 1.0          # never past the ceiling
+    for _ in range(200):
+        limiter.succeeded()
+    assert limiter.interval == 0.1          # back to api-rate, not below
+    unlimited = cloud.RateLimiter(0, ceiling=5.0)
+    unlimited.limited()
+    assert unlimited.interval == 0.1        # api-rate 0 still slows down when told to
+    for _ in range(200):
+        unlimited.succeeded()
+    assert unlimited.interval == 0
+
+
 def test_quota_is_classified_and_not_retried(local):
     a = adapter_for(local)
     local['rax'].set_faults({'quota': {'instances': 0}})

@@ -34,7 +34,8 @@ from novaclient import exceptions as nova_exc
 
 from devstackgate import cloud, secrets
 from devstackgate import config as configmod
-from devstackgate.cloud import BadAnswer, CloudError, CloudUnavailable, NotFound, QuotaExceeded
+from devstackgate.cloud import (BadAnswer, CloudError, CloudUnavailable, NotFound,
+                                QuotaExceeded, RateLimited)
 from devstackgate.errors import ConfigError, GateError
 
 log = logging.getLogger('cloud')
@@ -275,7 +276,7 @@ class Adapter(cloud.Adapter):
         if isinstance(e, (nova_exc.NotFound, *glance('NotFound'))):
             return NotFound('%s: not found' % prefix), None
         if isinstance(e, (nova_exc.OverLimit, nova_exc.RateLimit)):
-            return CloudError('%s: rate limited (HTTP %s)' % (prefix, e.code)), float(
+            return RateLimited('%s: rate limited (HTTP %s)' % (prefix, e.code)), float(
                 e.retry_after or 0)
         if isinstance(e, (nova_exc.Forbidden, *glance('Forbidden'))):
             message = getattr(e, 'message', None) or getattr(e, 'details', None) or str(e)
@@ -292,10 +293,13 @@ class Adapter(cloud.Adapter):
             error = CloudError('%s: HTTP %s: %s' % (prefix, code, str(e.details).splitlines()[0]))
             # glanceclient maps 429 (and other unknown codes) to its base class.
             retry = type(e) is glance_exc.HTTPException or (isinstance(code, int) and code >= 500)
+            if code in (413, 429):
+                error = RateLimited(str(error))
             return error, (0.0 if retry else None)
         if isinstance(e, ks_exc.HttpError):
             code = getattr(e, 'http_status', None)
-            error = CloudError('%s: HTTP %s' % (prefix, code))
+            error = (RateLimited if code in (413, 429) else CloudError)(
+                '%s: HTTP %s' % (prefix, code))
             return error, (0.0 if code and (code >= 500 or code == 429) else None)
         raise e
 
