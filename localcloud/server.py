@@ -99,6 +99,11 @@ class LocalCloud:
                 "identity_api_version": 3,
                 "interface": "public",
             }
+            if not (c.network_service or c.floating_ips):
+                # The fixed addresses are the ones to connect to (loopback, no
+                # NAT) and there are no floating IPs to make: openstacksdk's
+                # "private" (interface_ip is private_v4; no auto floating IP).
+                entries[name]["private"] = True
         return {"clouds": entries}
 
     def write_clouds_yaml(self, path):
