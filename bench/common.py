@@ -13,6 +13,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -200,6 +201,21 @@ def spawn_measured(argv, env=None, cwd=None, timeout=600):
         'stdout': out_f.read().decode('utf-8', 'replace'),
         'stderr': err_f.read().decode('utf-8', 'replace'),
     }
+
+
+def terminate(proc, timeout):
+    """SIGTERM a child process, SIGKILL it if it is not gone within `timeout` s;
+    True if it went on SIGTERM (or had gone already)."""
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
 
 
 # -- the machine -------------------------------------------------------------

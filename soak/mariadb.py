@@ -5,9 +5,10 @@ a pause, the same datadir again) to see the stages live through it."""
 
 import os
 import shutil
-import signal
 import subprocess
 import time
+
+from bench.common import terminate
 
 DATABASE = 'devstack_gate_soak'
 
@@ -89,14 +90,8 @@ class PrivateMariaDB:
 
     def stop(self, timeout=30.0):
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc, timeout)
 
     def restart(self, down):
         """Stop (SIGTERM, as an operator's restart does), stay down `down` s, start."""

@@ -9,7 +9,6 @@ call counts are read at that moment.
 """
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 import yaml
 
 from bench import common
+from bench.launch import base_dir
 from bench.nodepool import config as cfg
 from bench.nodepool.zookeeper import zookeeper
 
@@ -57,14 +57,6 @@ def cloud_yaml(name, delay, ssh_port, base):
             'faults': {'boot-delay': delay}}
 
 
-def base_dir(workdir):
-    root = os.path.join(workdir, 'base-image')
-    os.makedirs(os.path.join(root, 'etc'), exist_ok=True)
-    with open(os.path.join(root, 'etc', 'issue'), 'w') as f:
-        f.write('Ubuntu 12.04 LTS localcloud\n')
-    return root
-
-
 def _private_yaml(path, data):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, 'w') as f:
@@ -73,13 +65,7 @@ def _private_yaml(path, data):
 
 
 def _terminate(proc, timeout=STOP_TIMEOUT):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    common.terminate(proc, timeout)
 
 
 def _tail(path, lines=8):
