@@ -933,11 +933,12 @@ class Database:
         # (MySQL: a handshake; SQLite: opening the file, and closing the last
         # connection checkpoints the WAL, about 1 ms each).  0 opens a
         # connection per transaction.  SQLite connections must never cross a
-        # fork: a child that opens the file while the parent's connection is
-        # still in its memory shares that connection's locks and WAL index
-        # without holding the locks, and commits are lost (seen with 32
-        # forked claimers).  So idle SQLite connections are closed before
-        # every fork (_close_sqlite_before_fork).
+        # fork: when a child's GC closes its copy of the parent's connection,
+        # POSIX drops every lock the child holds on the file, its own
+        # connection's too, and commits are lost (seen with 32 forked
+        # claimers).  So idle SQLite connections are closed before every fork
+        # (_close_sqlite_before_fork), and a dropped Database closes its own
+        # at once (__del__).
         self.idle_reuse = float(idle_reuse)
         self._idle = []             # [(conn, since, identity)]
         self._idle_lock = threading.Lock()
