@@ -24,7 +24,7 @@ import re
 import uuid
 
 from localcloud.state import ApiError
-from localcloud.web import Router, json_response
+from localcloud.web import Router, json_response, public, require_token
 
 PREFIX = "/volume"
 MIN_VERSION = (3, 0)
@@ -68,11 +68,6 @@ def route(method, template):
     return decorator
 
 
-def public(func):
-    func.public = True
-    return func
-
-
 # -- microversions, auth and errors ----------------------------------------------
 
 
@@ -108,10 +103,7 @@ def version_headers(version):
 def handle(cloud, request, handler):
     if getattr(handler, "public", False):
         return handler(cloud, request)
-    token = cloud.state.check_token(request.header("X-Auth-Token"))
-    if token is None or not token.scoped:
-        raise ApiError(401, "The request you have made requires "
-                       "authentication.")
+    require_token(cloud, request)
     project_id = request.params.get("project_id")
     if project_id is not None and project_id != cloud.state.project_id:
         raise ApiError(400, "Malformed request url")

@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 from localcloud import nonsense
 from localcloud.state import ApiError, iso
-from localcloud.web import Response, Router, json_response
+from localcloud.web import Response, Router, json_response, public, require_token
 
 PREFIX = "/image"
 CURRENT = (2, 16)
@@ -77,16 +77,8 @@ def _escape(text):
 
 def handle(cloud, request, handler):
     if not getattr(handler, "public", False):
-        token = cloud.state.check_token(request.header("X-Auth-Token"))
-        if token is None or not token.scoped:
-            raise ApiError(401, "The request you have made requires "
-                           "authentication.")
+        require_token(cloud, request)
     return handler(cloud, request)
-
-
-def public(func):
-    func.public = True
-    return func
 
 
 def injected_message(status):

@@ -32,7 +32,7 @@ import ipaddress
 from urllib.parse import urlencode
 
 from localcloud.state import ApiError, iso
-from localcloud.web import Response, Router, json_response
+from localcloud.web import Response, Router, json_response, public, require_token
 
 PREFIX = "/networking"
 ERROR_TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized",
@@ -73,21 +73,13 @@ def catalog_url(cloud):
     return cloud.base_url + PREFIX
 
 
-def public(func):
-    func.public = True
-    return func
-
-
 # -- auth and errors ---------------------------------------------------------------
 
 
 def handle(cloud, request, handler):
     if getattr(handler, "public", False):
         return handler(cloud, request)
-    token = cloud.state.check_token(request.header("X-Auth-Token"))
-    if token is None or not token.scoped:
-        raise ApiError(401, "The request you have made requires "
-                       "authentication.")
+    require_token(cloud, request)
     return handler(cloud, request)
 
 

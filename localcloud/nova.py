@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 
 from localcloud import nonsense
 from localcloud.state import ApiError, iso
-from localcloud.web import Response, Router, json_response
+from localcloud.web import Response, Router, json_response, public, require_token
 
 PREFIX = "/compute"
 MIN_VERSION = (2, 1)
@@ -103,19 +103,11 @@ def render_error(cloud, request, status, message, headers=None):
 def handle(cloud, request, handler):
     if getattr(handler, "public", False):
         return handler(cloud, request)
-    token = cloud.state.check_token(request.header("X-Auth-Token"))
-    if token is None or not token.scoped:
-        raise ApiError(401, "The request you have made requires "
-                       "authentication.")
+    require_token(cloud, request)
     request.microversion = requested_version(request)
     response = handler(cloud, request)
     response.headers.update(version_headers(request.microversion))
     return response
-
-
-def public(func):
-    func.public = True
-    return func
 
 
 def body_of(request, key):

@@ -69,6 +69,20 @@ def json_response(status, obj, headers=None):
                     "application/json", headers)
 
 
+def public(func):
+    """Mark a handler that answers without a token (version documents)."""
+    func.public = True
+    return func
+
+
+def require_token(cloud, request):
+    """Every service's 401 unless the request carries a valid, scoped token."""
+    from localcloud.state import ApiError
+    token = cloud.state.check_token(request.header("X-Auth-Token"))
+    if token is None or not token.scoped:
+        raise ApiError(401, "The request you have made requires authentication.")
+
+
 class NoRoute(Exception):
     def __init__(self, allowed=()):
         super().__init__("no route")
