@@ -1,6 +1,9 @@
 """Handing out nodes: the claim under load, and the fetch process a gate job runs.
 
-Four cases, on every backend ``ctx.backends()`` gives:
+Four cases, on every backend ``ctx.backends()`` gives.  The open and closed
+loops claim in-process with what a gate job's fetch claims with
+(``claim.FastDatabase`` at the default settings, its connection kept between
+claims), so they measure the hand-out itself, not a process's start:
 
 - open loop: many processes together offering a fixed rate of claims (Poisson
   arrivals) from a large ready pool; latency is counted from each claim's
@@ -75,6 +78,15 @@ def _fill(url, count, label=LABEL, start=1000.0):
     return db
 
 
+def _claimer(url):
+    """What devstack-vm-fetch.py claims with: claim.FastDatabase at the default settings."""
+    from devstackgate import claim, config, config_cache
+    view = {name: config.GLOBAL_KEYS[name.replace('_', '-')].default
+            for name in config_cache.SETTINGS}
+    view.update(database=url, providers=())
+    return claim.FastDatabase(config_cache.FetchConfig('bench', view))
+
+
 def _ms(seconds):
     return None if seconds is None else seconds * 1000.0
 
@@ -105,8 +117,8 @@ def _start_together(procs, ready, go, start_at, lead=0.1):
 # -- closed loop -------------------------------------------------------------
 
 def _closed_worker(url, index, ready, go, start_at, duration, queue):
-    db = _db(url)
-    db.transact(lambda s: s.node_counts(LABEL))       # connect once before the clock starts
+    db = _claimer(url)
+    db.node_counts(LABEL)           # connect once before the clock starts
     ready.wait()
     go.wait()
     t0 = start_at.value
@@ -124,7 +136,7 @@ def _closed_worker(url, index, ready, go, start_at, duration, queue):
             latencies.pop()
             break
         claims.append((who, node.id))
-    queue.put((claims, latencies, end - t0))
+    queue.put((claims, latencies, end - t0, db._full is not None))
 
 
 def _run_closed(ctx, backend, processes, duration, nodes):
@@ -145,6 +157,7 @@ def _run_closed(ctx, backend, processes, duration, nodes):
         elapsed = max(g[2] for g in got)
         doubles, why = _double_handouts(url, claims)
     return {'claims': len(claims), 'elapsed': elapsed, 'rate': len(claims) / elapsed,
+            'fell_back': sum(1 for g in got if g[3]),
             'latencies': latencies, 'doubles': doubles, 'why': why,
             'ran_out': len(claims) >= nodes}
 
@@ -163,7 +176,8 @@ def _closed_loop(ctx, backend):
                   'p50_ms': _ms(common.percentile(r['latencies'], 50)),
                   'p99_ms': _ms(common.percentile(r['latencies'], 99)),
                   'ready_nodes': nodes, 'pool_emptied': r['ran_out'],
-                  'double_handouts': r['doubles'], **r['why']}
+                  'double_handouts': r['doubles'],
+                  'processes_fell_back_to_vmdatabase': r['fell_back'], **r['why']}
         goal = None
         if n != levels[0]:
             goal = Goal('>=', SCALING, of='ratio',
@@ -187,8 +201,8 @@ def _closed_loop(ctx, backend):
 # -- open loop ---------------------------------------------------------------
 
 def _open_worker(url, index, processes, rate, duration, seed, ready, go, start_at, queue):
-    db = _db(url)
-    db.transact(lambda s: s.node_counts(LABEL))
+    db = _claimer(url)
+    db.node_counts(LABEL)
     rng = random.Random(seed * 1000 + index)
     mine = rate / processes
     schedule, t = [], rng.expovariate(mine)

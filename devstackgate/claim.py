@@ -17,6 +17,7 @@ always did.  A failed MySQL COMMIT is not retried that way (it may have
 committed): it is reported as vmdatabase reports it.
 """
 
+import _weakref
 import os
 import time
 
@@ -181,17 +182,30 @@ class FastDatabase:
     `config` has the database settings (database, db-lock-timeout, ...).  A
     process's first call that meets any driver error before its commit, and
     every call after it, goes to vmdatabase.Database.from_config(config).
+
+    The connection is kept for the process's next call (a fetch makes one; a
+    long-lived caller many), never used across a fork: a child opens its own,
+    and a kept SQLite connection is closed before every fork, as vmdatabase's
+    are (an inherited one would lose commits).
+
+    On MySQL/MariaDB a claim first takes a turn (devstackgate.claimgate,
+    ``db-claim-slots``) and, with one, runs under REPEATABLE READ, where the
+    SKIP LOCKED claim costs the server least; without one, it runs under READ
+    COMMITTED, as vmdatabase's claims do, which holds up better when every
+    claimer is in the server at once.
     """
 
     def __init__(self, config):
         self.config = config
         self._full = None
         self._skip_locked = None
+        self._conn, self._pid = None, None
         url = config.database
         if url.startswith('sqlite:///') and len(url) > len('sqlite:///'):
             path = url[len('sqlite:///'):]      # vmdatabase.parse_url's rule
             self.backend = 'sqlite'
             self._path = os.path.expanduser(path) if path.startswith('~') else path
+            _KEPT_SQLITE.append(_weakref.ref(self))
         else:
             self.backend = 'mysql'
 
@@ -207,8 +221,8 @@ class FastDatabase:
     def claim_node(self, label, claimed_by, providers=None, result=None, order=None):
         """(node, result) as vmdatabase.Database.claim_node gives them, or (None, None)."""
         if self._full is None:
-            def run(execute, errors):
-                common = dict(result=result, skip_locked=self._has_skip_locked,
+            def run(execute, errors, skip_locked):
+                common = dict(result=result, skip_locked=skip_locked,
                               no_skip_locked=self._no_skip_locked, driver_errors=errors)
                 if order is not None:
                     return claim_first(execute, self.backend, label, claimed_by,
@@ -216,7 +230,7 @@ class FastDatabase:
                 return claim(execute, self.backend, label, claimed_by, FETCH_NODE_COLUMNS,
                              providers=providers, **common)
             try:
-                node, row = self._transact(run)
+                node, row = self._transact(run, claiming=True)
             except _Fallback:
                 pass
             else:
@@ -227,25 +241,38 @@ class FastDatabase:
     def node_counts(self, label):
         if self._full is None:
             try:
-                return self._transact(lambda execute, errors: node_counts(execute, label))
+                return self._transact(lambda execute, errors, skip_locked:
+                                      node_counts(execute, label))
             except _Fallback:
                 pass
         return self.full().transact(lambda s: s.node_counts(label))
 
-    # -- plumbing: one transaction on a fresh connection ---------------------
-    def _transact(self, fn):
+    def close(self):
+        """Close the kept connection (the next call opens another)."""
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            _quietly(conn.close)
+
+    # -- plumbing: one transaction on the process's connection -----------------
+    def _connection(self, connect):
+        if self._conn is not None and self._pid != os.getpid():
+            self._conn = None           # the parent's (a MySQL socket: never QUIT it)
+        if self._conn is None:
+            self._conn, self._pid = connect(), os.getpid()
+        return self._conn
+
+    def _transact(self, fn, claiming=False):
+        """fn(execute, driver errors, skip_locked) in one transaction."""
         if self.backend == 'sqlite':
             return self._transact_sqlite(fn)
-        return self._transact_mysql(fn)
+        return self._transact_mysql(fn, claiming)
 
     def _transact_sqlite(self, fn):
         import sqlite3
         # As vmdatabase.Database._connect_sqlite and session() do it.
         timeout = float(self.config.db_lock_timeout)
-        conn = None
-        from devstackgate import sqlitequeue      # as vmdatabase's sessions queue
-        queued = sqlitequeue.enter(self._path, timeout, int(self.config.db_writer_queue))
-        try:
+
+        def connect():
             directory = os.path.dirname(self._path)
             if directory:
                 os.makedirs(directory, exist_ok=True)
@@ -254,21 +281,22 @@ class FastDatabase:
             conn.execute('PRAGMA busy_timeout=%d' % int(timeout * 1000))
             if conn.execute('PRAGMA journal_mode').fetchone()[0] != 'wal':
                 conn.execute('PRAGMA journal_mode=WAL')
+            return conn
+        from devstackgate import sqlitequeue      # as vmdatabase's sessions queue
+        queued = sqlitequeue.enter(self._path, timeout, int(self.config.db_writer_queue))
+        try:
+            conn = self._connection(connect)
             conn.execute('BEGIN IMMEDIATE')
-            out = fn(conn.execute, (sqlite3.Error,))
+            out = fn(conn.execute, (sqlite3.Error,), None)
             conn.commit()       # a failed COMMIT leaves nothing done: closing rolls back
             return out
         except (sqlite3.Error, OSError):
+            self.close()
             raise _Fallback()
         finally:
             sqlitequeue.leave(queued)
-            if conn is not None:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
 
-    def _transact_mysql(self, fn):
+    def _transact_mysql(self, fn, claiming):
         url = self._mysql_url()
         if url is None:
             raise _Fallback()
@@ -276,35 +304,51 @@ class FastDatabase:
         # (and the ssl it needs) would cost this process ~125 ms of its ~45.
         # Whatever it cannot do (TLS, another auth plugin, a server that is down)
         # goes to vmdatabase and mysql.connector, before anything was done.
-        from devstackgate import mysqlwire
+        from devstackgate import claimgate, mysqlwire
         lock_timeout = float(self.config.db_lock_timeout)
         errors = (mysqlwire.Error,)
-        try:
+
+        def connect():
             # As vmdatabase.Database._connect_mysql sets the session up (without its
             # reconnect wait: a refused connection goes to vmdatabase, which waits).
             conn = mysqlwire.connect(url['host'], url['port'], url['user'],
                                      password=os.environ.get('DEVSTACK_GATE_DB_PASSWORD'),
-                                     database=url['database'], timeout=lock_timeout,
-                                     autocommit=True)
-        except errors:
-            raise _Fallback()
-        try:
+                                     database=url['database'], timeout=lock_timeout)
             try:
                 cur = conn.cursor()
-                cur.execute('SET autocommit = 0, SESSION innodb_lock_wait_timeout = %d'
+                cur.execute('SET SESSION innodb_lock_wait_timeout = %d'
                             % max(1, int(lock_timeout)))
-                cur.execute('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED')
-                self._server_info = conn.server_info
+                cur.execute('SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ')
+            except errors:
+                conn.close()
+                raise
+            return conn
+        try:
+            conn = self._connection(connect)
+        except errors:
+            raise _Fallback()
+        turn = None
+        if claiming:
+            turn = claimgate.take(int(self.config.db_claim_slots),
+                                  float(self.config.db_claim_slot_wait))
+        try:
+            cur = conn.cursor()
 
-                def execute(sql, params=()):
-                    return cur.execute(sql.replace('?', '%s'), tuple(params))
-                out = fn(execute, errors)
+            def execute(sql, params=()):
+                return cur.execute(sql.replace('?', '%s'), tuple(params))
+            try:
+                if claiming and turn is None:
+                    cur.execute('SET TRANSACTION ISOLATION LEVEL READ COMMITTED')
+                self._server_info = conn.server_info
+                out = fn(execute, errors, self._has_skip_locked)
             except errors:
                 _quietly(conn.rollback)
+                self.close()
                 raise _Fallback()
             try:
                 conn.commit()
             except errors as e:
+                self.close()
                 # It may have committed: never claim again behind this one's back.
                 from devstackgate.errors import DatabaseBusy
                 translated = self.full()._translate(e)
@@ -313,7 +357,7 @@ class FastDatabase:
                 raise translated
             return out
         finally:
-            conn.close()
+            claimgate.give_back(turn)
 
     def _mysql_url(self):
         """The parts of a mysql:// URL fetch's fast connection takes, else None (then
@@ -347,6 +391,25 @@ class FastDatabase:
 
     def _no_skip_locked(self):
         self._skip_locked = False
+
+
+#: (Weak references to) the FastDatabases of SQLite, whose kept connections are
+#: closed before a fork.
+_KEPT_SQLITE = []
+
+
+def _close_sqlite_before_fork():
+    alive = []
+    for ref in _KEPT_SQLITE:
+        db = ref()
+        if db is not None:
+            alive.append(ref)
+            if db._conn is not None and db._pid == os.getpid():
+                db.close()
+    _KEPT_SQLITE[:] = alive
+
+
+os.register_at_fork(before=_close_sqlite_before_fork)
 
 
 def _quietly(fn):

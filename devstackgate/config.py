@@ -102,6 +102,13 @@ GLOBAL_KEYS = {
                            doc='SQLite: writers that wait for the write lock in a queue in '
                                'the kernel, woken the moment it is free; the others wait '
                                'in SQLite\'s busy handler (0: all do)'),
+    'db-claim-slots': Key('int', 2, minimum=0,
+                          doc='MySQL/MariaDB: claims from one machine that talk to the server '
+                              'at once; the others wait their turn in the kernel '
+                              '(0: all claim at once)'),
+    'db-claim-slot-wait': Key('number', 1, minimum=0,
+                              doc='seconds a claim waits for a turn (db-claim-slots) before it '
+                                  'claims without one'),
     'db-idle-reuse': Key('number', 30, minimum=0,
                          doc='seconds a process keeps an idle database connection for its next '
                              'transaction; 0 opens one per transaction'),
@@ -471,6 +478,8 @@ class Config:
     db_lock_timeout: float
     db_retries: int
     db_writer_queue: int
+    db_claim_slots: int
+    db_claim_slot_wait: float
     db_idle_reuse: float
     db_reconnect_wait: float
     lease_ttl: float

@@ -43,11 +43,11 @@ DEFAULT_CONFIG_PATHS = (
 )
 CACHE_DIR_ENV = 'DEVSTACK_GATE_CACHE_DIR'
 #: Bumped whenever what an entry holds changes.
-FORMAT = 2
+FORMAT = 3
 _MAGIC = b'DGFC'
 #: The scalar settings fetch (and vmdatabase.Database.from_config) reads.
 SETTINGS = ('database', 'db_lock_timeout', 'db_retries', 'db_idle_reuse', 'db_reconnect_wait',
-            'db_writer_queue', 'fetch_poll')
+            'db_writer_queue', 'db_claim_slots', 'db_claim_slot_wait', 'fetch_poll')
 
 
 def first_existing(paths):

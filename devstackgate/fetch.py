@@ -103,6 +103,10 @@ def fetch(config, label, providers=None, wait_for=0.0, db=None, environ=None,
     if db is None:
         from devstackgate.claim import FastDatabase
         db = FastDatabase(config)
+        try:        # its connection is kept for a next call: say goodbye to the server
+            return fetch(config, label, providers, wait_for, db, environ, clock, sleep, avoid)
+        finally:
+            db.close()
     claimed_by, result = job_identity(environ)
     metrics, stats = _metrics()
     started = clock()

@@ -65,7 +65,7 @@ def enter(path, timeout, length=2):
         os.close(fd)
         return None
     try:
-        return _wait(fd, timeout)
+        return wait(fd, timeout)
     finally:
         os.close(line)                      # closing drops the place (a POSIX lock)
 
@@ -87,8 +87,13 @@ def _place_in_line(path, length):
     return None
 
 
-def _wait(fd, timeout):
-    """Block in flock(fd) for at most `timeout` s (SIGALRM): fd, or None."""
+def wait(fd, timeout):
+    """Block in flock(fd) for at most `timeout` s (SIGALRM): fd, or None (then fd
+    is closed).  Only the main thread can wait, and only while no one else's
+    timer is set (None at once otherwise: their SIGALRM is never touched)."""
+    if signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+        os.close(fd)
+        return None
     try:
         previous = signal.signal(signal.SIGALRM, _expired)
     except ValueError:                      # not the main thread
