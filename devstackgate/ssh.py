@@ -98,10 +98,12 @@ class _Capture(paramiko.MissingHostKeyPolicy):
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
-def connect(ip, port, username, pkey, timeout, host_key=None, host_key_types=None):
+def connect(ip, port, username, pkey, timeout, host_key=None, host_key_types=None,
+            sock=None):
     """An SSHClient logged in to ip:port; pins host_key ('type base64') when given.
     host_key_types: the only host-key algorithms to accept (a host offering several
-    keys shows the one of these types), default any."""
+    keys shows the one of these types), default any.  sock: a TCP connection to
+    ip:port to use (answering() gives one), else a new one."""
     client = paramiko.SSHClient()
     if host_key:
         kind, _, body = host_key.partition(' ')
@@ -117,7 +119,8 @@ def connect(ip, port, username, pkey, timeout, host_key=None, host_key_types=Non
     try:
         # Our own socket, so TCP_NODELAY can be set: without it back-to-back
         # commands each wait out Nagle's delay.
-        sock = socket.create_connection((ip, int(port)), timeout=timeout)
+        if sock is None:
+            sock = socket.create_connection((ip, int(port)), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         disabled = None
         if host_key_types:
@@ -146,31 +149,39 @@ def remote_host_key(client):
     return host_key_line(client.get_transport().get_remote_server_key())
 
 
-#: What banner() says it is (RFC 4253 identification string).
-PROBE_IDENTIFICATION = b'SSH-2.0-devstack-gate-probe\r\n'
+class NoBanner(OSError):
+    """The server at the other end has not begun an SSH identification."""
+
+
+def answering(ip, port, timeout):
+    """A TCP connection to ip:port whose server has begun its identification
+    ('SSH-...') within `timeout` s: peeked at, not read, so the handshake on this
+    same connection reads it.  A node that is not up yet costs one connect and no
+    handshake; a node that is up, no second connection.  The first bytes the
+    server sends must hold the identification or a line starting it (RFC 4253
+    allows lines before it; OpenSSH sends none).  Raises OSError (NoBanner: it
+    accepts but does not speak SSH)."""
+    sock = socket.create_connection((ip, int(port)), timeout=timeout)
+    try:
+        sock.settimeout(timeout)
+        first = sock.recv(1024, socket.MSG_PEEK)     # waits for the first bytes only
+        if not first:
+            raise NoBanner('closed before an SSH identification')
+        if not (first.startswith(b'SSH-') or b'\nSSH-' in first):
+            raise NoBanner('it does not speak SSH')
+        return sock
+    except BaseException:
+        sock.close()
+        raise
 
 
 def banner(ip, port, timeout):
-    """Whether an SSH server answers at ip:port: its identification line
-    ('SSH-...') within `timeout` s.  A TCP connect and one read: far cheaper
-    than a login, so many nodes can be waited for at once while their sshd
-    comes up, and only a node that answers costs a handshake."""
+    """Whether an SSH server answers at ip:port (answering()) within `timeout` s."""
     try:
-        with socket.create_connection((ip, int(port)), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            # Our identification first, as ssh-keyscan does: the server then sees a
-            # client that left after the banners, not one that never spoke.
-            sock.sendall(PROBE_IDENTIFICATION)
-            got = b''
-            while b'\n' not in got and len(got) < 1024:
-                data = sock.recv(256)
-                if not data:
-                    break
-                got += data
+        answering(ip, port, timeout).close()
     except OSError:
         return False
-    # RFC 4253: lines before the identification are allowed; it starts with SSH-.
-    return any(line.startswith(b'SSH-') for line in got.split(b'\n'))
+    return True
 
 
 def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, interval=2.0,
@@ -178,8 +189,9 @@ def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, inter
     """Connect until it works or `deadline` (a clock() value) passes.
 
     logins: a semaphore (context manager) each login attempt holds; when given,
-    an attempt first waits for the server's SSH banner without it (banner()),
-    so nodes whose sshd is not up yet hold no login slot.
+    an attempt first connects and waits for the server's SSH banner without it
+    (answering()), then logs in on that connection holding it, so nodes whose
+    sshd is not up yet hold no login slot.
     Logs what it waits for and how long it has waited.  Raises SSHTimeout.
     """
     last_error = None
@@ -193,13 +205,17 @@ def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, inter
         for waited in wait.iterate(deadline, interval, 'SSH on %s:%s' % (ip, port), clock=clock,
                                    sleep=sleep, progress=progress):
             timeout = max(0.1, min(connect_timeout, deadline - clock()))
+            sock = None
             if logins is not None:
-                if not banner(ip, port, timeout):
-                    last_error = 'no SSH banner yet'
+                try:
+                    sock = answering(ip, port, timeout)
+                except OSError as e:
+                    last_error = 'no SSH banner yet (%s)' % (
+                        e if isinstance(e, NoBanner) else type(e).__name__)
                     continue
             try:
                 with logins if logins is not None else contextlib.nullcontext():
-                    return connect(ip, port, username, pkey, timeout=timeout)
+                    return connect(ip, port, username, pkey, timeout=timeout, sock=sock)
             except HostKeyMismatch:
                 raise
             except (OSError, socket.timeout, EOFError, paramiko.SSHException) as e:
