@@ -8,25 +8,28 @@ to 500 as processes were added.  Letting only a few claims (``db-claim-slots``)
 talk to the server at once, and the others sleep in flock() until a turn is
 free, keeps the server's cost per claim near the lone one's.
 
-A turn is one of `slots` files ``devstack-gate-<uid>-claims.<n>`` in the
-temporary directory, held with an exclusive flock.  Turns are only an aid, never
-a condition: the claim's own SQL is what makes a hand-out exact, so a caller
-that gets no turn (no such file can be made, a file someone else owns, another
-thread, SIGALRM in use, the wait ran out) claims without one.  Imports only C
-modules and devstackgate.sqlitequeue (fetch's fast path uses it).
+A turn is one of `slots` files ``claims.N`` in devstack-gate's private cache
+directory (``$DEVSTACK_GATE_CACHE_DIR``, else ``~/.cache/devstack-gate``, 0700:
+where fetch keeps its configuration cache; the same for every job of the user,
+whatever its $TMPDIR), held with an exclusive flock.  Turns are only an aid,
+never a condition: the claim's own SQL is what makes a hand-out exact, so a
+caller that gets no turn (the directory or a file cannot be made, a file that is
+not the user's own, another thread, SIGALRM in use, the wait ran out) claims
+without one.  Imports only C modules, devstackgate.config_cache and
+devstackgate.sqlitequeue, which fetch's fast path has already.
 """
 
 import fcntl
 import os
 
-from devstackgate import sqlitequeue
+from devstackgate import config_cache, sqlitequeue
 
-PREFIX = 'devstack-gate-%d-claims.'
+PREFIX = 'claims.'
 
 
 def directory(environ=None):
-    """Where the turns' files are: $TMPDIR, else /tmp."""
-    return (environ or os.environ).get('TMPDIR') or '/tmp'
+    """Where the turns' files are: devstack-gate's cache directory."""
+    return config_cache.cache_dir(environ)
 
 
 def _open(path):
@@ -51,7 +54,12 @@ def take(slots, timeout, where=None):
     every turn taken waits for one (picked by its pid) at most `timeout` s."""
     if slots <= 0:
         return None
-    prefix = os.path.join(where or directory(), PREFIX % os.getuid())
+    where = where or directory()
+    try:
+        os.makedirs(where, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    prefix = os.path.join(where, PREFIX)
     first = os.getpid() % slots         # callers spread over the turns as they wait
     ours = None
     for n in range(slots):

@@ -34,7 +34,7 @@ def test_free_turns_are_taken_at_once_and_given_back_by_closing(tmp_path):
     second = claimgate.take(2, 1, where)
     assert first is not None and second is not None
     names = sorted(os.listdir(where))
-    assert names == ['devstack-gate-%d-claims.%d' % (os.getuid(), n) for n in (0, 1)]
+    assert names == ['claims.0', 'claims.1']
     assert all(os.stat(os.path.join(where, n)).st_mode & 0o077 == 0 for n in names)
     claimgate.give_back(first)
     claimgate.give_back(second)
@@ -72,6 +72,13 @@ def test_no_turns_no_file_and_no_wait(tmp_path):
     assert os.listdir(str(tmp_path)) == []
 
 
+def test_a_missing_directory_is_made_private(tmp_path):
+    where = tmp_path / 'cache' / 'devstack-gate'
+    fd = claimgate.take(1, 1, str(where))
+    assert fd is not None and where.stat().st_mode & 0o777 == 0o700
+    claimgate.give_back(fd)
+
+
 def test_another_thread_never_waits(tmp_path):
     where = str(tmp_path)
     procs = holders(where, 1, 1, 3)
@@ -89,16 +96,17 @@ def test_a_file_that_is_not_ours_or_a_link_is_never_used(tmp_path):
     where = str(tmp_path)
     target = tmp_path / 'elsewhere'
     target.write_text('')
-    os.symlink(str(target), os.path.join(where, claimgate.PREFIX % os.getuid() + '0'))
+    os.symlink(str(target), os.path.join(where, claimgate.PREFIX + '0'))
     assert claimgate.take(1, 1, where) is None          # O_NOFOLLOW: not followed
     if os.getuid() == 0:
-        other = os.path.join(where, claimgate.PREFIX % os.getuid() + '1')
+        other = os.path.join(where, claimgate.PREFIX + '1')
         open(other, 'w').close()
         os.chown(other, 65534, 65534)
         # Turn 0 is the link; turn 1 belongs to someone else: no turn at all.
         assert claimgate.take(2, 1, where) is None
 
 
-def test_the_files_are_in_tmpdir_else_tmp():
-    assert claimgate.directory({'TMPDIR': '/var/tmp/x'}) == '/var/tmp/x'
-    assert claimgate.directory({}) == '/tmp'
+def test_the_files_are_in_the_private_cache_directory_whatever_tmpdir_says():
+    assert claimgate.directory({'DEVSTACK_GATE_CACHE_DIR': '/c', 'TMPDIR': '/t'}) == '/c'
+    assert claimgate.directory({'XDG_CACHE_HOME': '/x', 'TMPDIR': '/t'}) == (
+        '/x/devstack-gate')
