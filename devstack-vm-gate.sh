@@ -192,6 +192,7 @@ NODE_ID=""         # set once a node is ours
 FINISHED=""        # set once the result is being recorded
 FINISH_RC=""       # the exit status of devstackgate.cmd.finish
 LOGS_COLLECTED=""
+NODE_SILENT=""       # set once the node was found not to answer SSH
 NODE_PROVIDER="" NODE_NAME="" NODE_IP="" NODE_IMAGE="" NODE_USERNAME="" NODE_HOST_KEY=""
 NODE_SSH_PORT="" NODE_RESULT_ID=""
 TARGET=""
@@ -389,6 +390,7 @@ check_host_key() {
         say "node $NODE_NAME ($NODE_PROVIDER): SSH check failed (exit $rc), attempt $attempt of 3"
         ((attempt == 3)) || run sleep 2
     done
+    NODE_SILENT=1
     infra_failure "node $NODE_NAME ($NODE_PROVIDER) at $NODE_IP:$NODE_SSH_PORT: SSH does not answer" "no SSH"
 }
 
@@ -449,6 +451,7 @@ run_test() {
     # alive-interval x alive-count s, or the node went away), unless the node
     # still answers, when it was the test command's own exit status.
     if ((rc == 255)) && ! node_answers; then
+        NODE_SILENT=1
         infra_failure "node $NODE_NAME ($NODE_PROVIDER) stopped answering during the test command (ssh exit 255 after $((SECONDS - started)) s; it does not answer SSH now)" "node stopped answering"
         return 0
     fi
@@ -478,6 +481,10 @@ infra_failure() {  # infra_failure MESSAGE DETAIL: this attempt's node failed, n
 collect_logs() {  # collect_logs TIMEOUT [DIR]: ~/workspace/logs of the node -> $LOGS/DIR/ (node)
     [[ -z "$LOGS_COLLECTED" && -n "$TARGET" ]] || return 0
     LOGS_COLLECTED=1
+    if [[ -n "$NODE_SILENT" ]]; then    # an rsync would only wait out its timeout
+        say "no logs copied from node $NODE_NAME: it does not answer SSH"
+        return 0
+    fi
     local dir=${2:-node}
     mkdir -p "$LOGS/$dir"
     say "copying logs from node $NODE_NAME:workspace/logs/ to $LOGS/$dir/ (up to $1 s)"
@@ -671,7 +678,8 @@ while :; do
     fi
     say "attempt $ATTEMPT of $GATE_ATTEMPTS: node $NODE_NAME ($NODE_PROVIDER) abandoned ($INFRA), held $GATE_INFRA_HOLD_MINUTES min with reason infra; the change is not at fault: taking another node"
     AVOID+=("$NODE_PROVIDER")
-    NODE_ID="" FINISHED="" FINISH_RC="" LOGS_COLLECTED="" TARGET="" NODE_RESULT_ID=""
+    NODE_ID="" FINISHED="" FINISH_RC="" LOGS_COLLECTED="" NODE_SILENT="" TARGET=""
+    NODE_RESULT_ID=""
 done
 
 [[ "$RESULT" == infra ]] || finish_node "$RESULT"
