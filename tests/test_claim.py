@@ -33,18 +33,22 @@ def _claimer(url, skip_locked, index, queue):
     queue.put((index, mine))
 
 
-def race(url, skip_locked):
+def claimers(target, args, count=CLAIMERS):
+    """What `count` forked target(*args, index, queue) put on the queue, once all exited 0."""
     ctx = multiprocessing.get_context('fork')
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(url, skip_locked, i, queue))
-             for i in range(CLAIMERS)]
+    procs = [ctx.Process(target=target, args=tuple(args) + (i, queue)) for i in range(count)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
+    got = [queue.get(timeout=120) for _ in procs]
     for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    return results
+    return got
+
+
+def race(url, skip_locked):
+    return dict(claimers(_claimer, (url, skip_locked)))
 
 
 def check_each_node_once(db, results):

@@ -12,7 +12,7 @@ import vmdatabase
 from devstackgate import claim, claimgate
 from devstackgate import config as configmod
 from devstackgate import config_cache
-from tests.test_claim import check_each_node_once, make_ready_nodes
+from tests.test_claim import check_each_node_once, claimers, make_ready_nodes
 
 CLAIMERS = 12
 READY_NODES = 120
@@ -51,16 +51,7 @@ def _claimer(url, slots, index, queue):
 def test_concurrent_fast_claims_hand_out_each_node_once(db_url, turns, slots):
     db = vmdatabase.Database(db_url).upgrade()
     make_ready_nodes(db, READY_NODES)
-    ctx = multiprocessing.get_context('fork')
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_claimer, args=(db_url, slots, i, queue))
-             for i in range(CLAIMERS)]
-    for p in procs:
-        p.start()
-    got = [queue.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+    got = claimers(_claimer, (db_url, slots), CLAIMERS)
     assert not any(fell for _, _, fell in got), 'a claimer fell back to vmdatabase'
     check_each_node_once(db, {i: ids for i, ids, _ in got})
 
