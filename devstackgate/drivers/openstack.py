@@ -150,6 +150,23 @@ class _Session(ks_session.Session):
         super().__init__(**kwargs)
         self._adapter = adapter
         self._last = threading.local()
+        self._endpoints = (None, {})    # (the token they were looked up with, {filter: URL})
+
+    def get_endpoint(self, auth=None, **kwargs):
+        """As keystoneauth's, but remembered while the token is the same: its lookup
+        deep-copies the whole service catalog, on every request."""
+        plugin = auth or self.auth
+        token = getattr(plugin, 'auth_ref', None)   # the token and catalog it holds now
+        if kwargs.get('endpoint_override') or token is None:
+            return super().get_endpoint(auth, **kwargs)
+        key = (id(plugin), repr(sorted(kwargs.items())))
+        held, found = self._endpoints
+        if held is not token:
+            held, found = token, {}
+            self._endpoints = (held, found)
+        if key not in found:
+            found[key] = super().get_endpoint(auth, **kwargs)
+        return found[key]
 
     def request(self, url, method, **kwargs):
         left = self._adapter.remaining()        # raises CallTimeout once it has run out
