@@ -145,7 +145,7 @@ class Launcher:
         self.canaries = set()       # node ids booted as canaries
         self._count_lock = threading.Lock()     # the summary's counters, bumped by workers
         # The logins (handshake and ready check) in flight at once: the waits for a
-        # node's SSH before them are cheap and not counted (ssh.banner).
+        # node's SSH before them are cheap and not counted (ssh.answering).
         self._logins = threading.BoundedSemaphore(config.ssh_parallel_logins)
 
     # -- bookkeeping ------------------------------------------------------

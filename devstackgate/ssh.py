@@ -175,15 +175,6 @@ def answering(ip, port, timeout):
         raise
 
 
-def banner(ip, port, timeout):
-    """Whether an SSH server answers at ip:port (answering()) within `timeout` s."""
-    try:
-        answering(ip, port, timeout).close()
-    except OSError:
-        return False
-    return True
-
-
 def wait_for_ssh(ip, port, username, pkey, deadline, connect_timeout=10.0, interval=2.0,
                  describe='', clock=time.monotonic, sleep=time.sleep, logins=None):
     """Connect until it works or `deadline` (a clock() value) passes.

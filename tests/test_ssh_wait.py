@@ -1,5 +1,5 @@
-"""Waiting for a node's SSH: the banner probe, and logins that hold a slot only
-once the node answers (devstackgate.ssh.banner, wait_for_ssh(logins=...))."""
+"""Waiting for a node's SSH: the banner peeked at on the connection that logs in, and
+logins that hold a slot only once the node answers (ssh.answering, wait_for_ssh(logins=...))."""
 
 import socket
 import threading
@@ -29,6 +29,15 @@ def node_for(tmp_path, pkey, **kwargs):
     return host
 
 
+def banner(ip, port, timeout):
+    """Whether ssh.answering() gives a connection (closed again) within `timeout` s."""
+    try:
+        ssh.answering(ip, port, timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 class CountingSlots:
     """A semaphore of one that counts how often it was taken."""
 
@@ -48,12 +57,12 @@ def test_banner_is_true_only_for_an_ssh_server(tmp_path, pkey):
     live = node_for(tmp_path, pkey)
     mute = node_for(tmp_path, pkey, reachable=False)     # accepts, never says SSH-
     try:
-        assert ssh.banner(live.address, live.port, 2)
+        assert banner(live.address, live.port, 2)
         started = time.monotonic()
-        assert not ssh.banner(mute.address, mute.port, 0.5)
+        assert not banner(mute.address, mute.port, 0.5)
         assert time.monotonic() - started < 3
         addr, port = free_endpoint()
-        assert not ssh.banner(addr, port, 0.5)      # refused
+        assert not banner(addr, port, 0.5)      # refused
     finally:
         live.stop()
         mute.stop()
@@ -71,7 +80,7 @@ def test_banner_is_false_for_a_server_that_is_not_ssh():
     t = threading.Thread(target=answer, daemon=True)
     t.start()
     try:
-        assert not ssh.banner('127.0.0.1', server.getsockname()[1], 2)
+        assert not banner('127.0.0.1', server.getsockname()[1], 2)
     finally:
         t.join(5)
         server.close()
