@@ -32,8 +32,11 @@ CLOUDS_YAML_PATHS = (
     os.path.join('~', '.config', 'openstack', 'clouds.yaml'),
     os.path.join(os.sep, 'etc', 'openstack', 'clouds.yaml'),
 )
-# A node must resolve names and have a gateway before it joins the pool.
-DEFAULT_READY_CHECK = ('getent hosts localhost >/dev/null'
+# A node must resolve names and have a gateway before it joins the pool.  The IPv4
+# lookup (ahostsv4) is answered from /etc/hosts: `getent hosts` asks for IPv6 first, and
+# on an image without '::1 localhost' that is a DNS query whose resolver, dropping a
+# burst of them, kept a check waiting out its 5 s timeout.
+DEFAULT_READY_CHECK = ('getent ahostsv4 localhost >/dev/null'
                        ' && ip -4 route show default | grep -q via')
 NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*\Z')    # \Z: no name ends in a newline
 # Values that reach git, ssh, Nova or a shell as arguments: never an option ('-...'), never

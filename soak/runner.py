@@ -382,7 +382,7 @@ class Soak:
                 'ssh-port': self.clouds.info['clouds'][p]['ssh_port'],
                 'images': [{'name': LABEL, 'base-image': 'Ubuntu 12.04 LTS', 'min-ram': 1024,
                             'min-ready': P.min_ready, 'setup': [setup],
-                            'ready-check': 'getent hosts localhost >/dev/null && '
+                            'ready-check': 'getent ahostsv4 localhost >/dev/null && '
                                            'test -s cache/packages.txt',
                             'validate': "grep -q '^rabbitmq-server ' cache/packages.txt"}]}
                 for p in self.providers],
