@@ -203,6 +203,16 @@ def spawn_measured(argv, env=None, cwd=None, timeout=600):
     }
 
 
+def process_cpu(pid):
+    """CPU seconds a running process and its reaped children have used (None: gone)."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(x) for x in fields[11:15]) / os.sysconf('SC_CLK_TCK')
+
+
 def terminate(proc, timeout):
     """SIGTERM a child process, SIGKILL it if it is not gone within `timeout` s;
     True if it went on SIGTERM (or had gone already)."""

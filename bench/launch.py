@@ -17,7 +17,10 @@ Figures: wall / reference, API calls per node by kind (the clouds' own
 counts), server lists per run (flat in N: one list per poll, never a GET per
 server), ACTIVE -> ready (the cloud's time the server turned ACTIVE to the
 node row's state_time when it became ready), peak threads and peak RSS of a
-launch process.
+launch process.  The wall row's detail has the CPU seconds the launch runs and
+the clouds used meanwhile: the local clouds' nodes (an SSH server and the ready
+check's processes each) run on the same cores as the launch runs, which a real
+cloud's nodes do not.
 """
 
 import concurrent.futures
@@ -29,7 +32,8 @@ import time
 
 import yaml
 
-from bench.common import ROOT, Goal, Row, child_env, percentile, python_cmd, spawn_measured
+from bench.common import (ROOT, Goal, Row, child_env, percentile, process_cpu, python_cmd,
+                          spawn_measured)
 
 NAME = 'launch'
 LABEL = 'precise'
@@ -60,7 +64,7 @@ def cloud_config(name, base, faults, **extra):
 @contextlib.contextmanager
 def clouds(workdir, configs):
     """Each cloud in its own devstack-localcloud process; yields ({name: handle},
-    the path of one clouds.yaml holding every entry)."""
+    the path of one clouds.yaml holding every entry, the clouds' pids)."""
     from localcloud.testing import local_clouds_subprocess
     with contextlib.ExitStack() as stack:
         with concurrent.futures.ThreadPoolExecutor(len(configs)) as pool:
@@ -76,7 +80,7 @@ def clouds(workdir, configs):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, 'w') as f:
             yaml.safe_dump({'clouds': entries}, f)
-        yield handles, path
+        yield handles, path, [lc.process.pid for lc in started]
 
 
 def provider_entry(name, **overrides):
@@ -202,7 +206,8 @@ def fill(ctx, delay, nodes, settings=None):
     base = base_dir(ctx.workdir)
     faults = {'boot-delay': delay}
     configs = [cloud_config(name, base, faults) for name in PROVIDERS]
-    with clouds(ctx.workdir, configs) as (handles, clouds_yaml), ctx.database('sqlite') as url:
+    with clouds(ctx.workdir, configs) as (handles, clouds_yaml, cloud_pids), \
+            ctx.database('sqlite') as url:
         reference, ssh_part = ssh_reference(handles[PROVIDERS[0]], ctx.workdir)
         db = vmdatabase.Database(url).upgrade()
         for name in PROVIDERS:
@@ -215,12 +220,14 @@ def fill(ctx, delay, nodes, settings=None):
         config = write_config(ctx.workdir, url, providers, **(settings or {}))
         env = script_env(config, clouds_yaml)
         with ThreadSampler('devstack-vm-launch') as threads:
+            cloud_cpu = [process_cpu(pid) for pid in cloud_pids]
             started, epoch = time.perf_counter(), time.time()
             with concurrent.futures.ThreadPoolExecutor(len(PROVIDERS)) as pool:
                 procs = list(pool.map(lambda name: spawn_measured(
                     script('devstack-vm-launch.py', name), env=env, cwd=ctx.workdir,
                     timeout=900), PROVIDERS))
             wall = time.perf_counter() - started
+            cloud_cpu = sum(process_cpu(pid) - before for pid, before in zip(cloud_pids, cloud_cpu))
         for name, proc in zip(PROVIDERS, procs):
             if proc['rc'] != 0:
                 raise RuntimeError('devstack-vm-launch.py %s exited %d: %s'
@@ -248,6 +255,7 @@ def fill(ctx, delay, nodes, settings=None):
     return {'wall': wall, 'epoch': epoch, 'timeline': timeline, 'reference': reference, 'ssh': ssh_part, 'calls': calls,
             'lists_per_run': max(lists), 'latencies': latencies, 'threads': threads.peak,
             'rss': max(p['rss_mib'] for p in procs), 'cpu': sum(p['cpu'] for p in procs),
+            'cloud_cpu': cloud_cpu,
             'stderr': {name: p['stderr'] for name, p in zip(PROVIDERS, procs)}}
 
 
@@ -271,7 +279,8 @@ def run(ctx):
                        if n == big else None,
                        detail={'D': delay, 'ssh_after_active': got['ssh'],
                                'timeline': got['timeline'],
-                               'launch_cpu_s': got['cpu']}))
+                               'launch_cpu_s': got['cpu'], 'clouds_cpu_s': got['cloud_cpu'],
+                               'cores': os.cpu_count()}))
         out.append(Row(NAME, case, 'API calls per node', sum(got['calls'].values()) / n, 'calls',
                        detail={'per_kind': per_kind}))
         out.append(Row(NAME, case, 'create calls per node', per_kind.get(CREATE_KEY, 0), 'calls',

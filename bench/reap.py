@@ -101,7 +101,7 @@ def run(ctx):
     lists_ref = None
     # Servers stay in BUILD: no SSH host per server, so 1,000 cost the cloud little.
     config = cloud_config(PROVIDER, base_dir(ctx.workdir), {'stuck-build-rate': 1.0})
-    with clouds(ctx.workdir, [config]) as (handles, clouds_yaml):
+    with clouds(ctx.workdir, [config]) as (handles, clouds_yaml, _):
         figures = [(n, reap_case(ctx, handles[PROVIDER], clouds_yaml, n, latency))
                    for n in sizes]
     for n, got in figures:
