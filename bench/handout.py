@@ -9,8 +9,9 @@ claims), so they measure the hand-out itself, not a process's start:
   arrivals) from a large ready pool; latency is counted from each claim's
   *scheduled* start, so a claim that queues behind a slow one is charged for
   it.  Reference: the p50 of one process claiming uncontended.
-- closed loop: 1, 8 and 32 processes claiming back to back; claims/s.
-  Reference: the 1-process throughput.
+- closed loop: 1, 8 and 32 processes claiming back to back; claims/s, the
+  median of three rounds with the levels interleaved.  Reference: the
+  1-process throughput, measured alike.
 - whole process: wall time of ``devstack-vm-fetch.py LABEL`` (a real
   subprocess, real config file, ready nodes).  Reference: ``python -c pass``.
 - burst: many fetch processes started together from fewer ready nodes; the
@@ -163,16 +164,25 @@ def _run_closed(ctx, backend, processes, duration, nodes):
 
 
 def _closed_loop(ctx, backend):
+    """Claims/s at each level: the median of `rounds` rounds, the levels interleaved
+    (1, 8, 32, 1, 8, 32, ...) so that a slow spell of the machine falls on every
+    level alike; one 3 s run of a level varied by 10 to 25 % from the next."""
     duration = ctx.pick(0.3, 3.0)
     nodes = ctx.pick(600, 12000)
     levels = ctx.pick((1, 4), (1, 8, 32))
-    results = {n: _run_closed(ctx, backend, n, duration, nodes) for n in levels}
+    rounds = ctx.pick(1, 3)
+    runs = {n: [] for n in levels}
+    for _ in range(rounds):
+        for n in levels:
+            runs[n].append(_run_closed(ctx, backend, n, duration, nodes))
+    results = {n: _merged(got) for n, got in runs.items()}
     one = results[levels[0]]
     reference_p50 = common.percentile(one['latencies'], 50)
     rows = []
     for n in levels:
         r = results[n]
         detail = {'claims': r['claims'], 'seconds': round(r['elapsed'], 3),
+                  'rounds': [round(x) for x in r['rates']],
                   'p50_ms': _ms(common.percentile(r['latencies'], 50)),
                   'p99_ms': _ms(common.percentile(r['latencies'], 99)),
                   'ready_nodes': nodes, 'pool_emptied': r['ran_out'],
@@ -196,6 +206,22 @@ def _closed_loop(ctx, backend):
                     sum(results[n]['doubles'] for n in levels), 'nodes',
                     goal=Goal('==', 0, text='== 0')))
     return rows, reference_p50
+
+
+def _merged(got):
+    """One level's rounds as one result: the median rate, the rounds' claims,
+    latencies and double hand-outs together."""
+    rates = [g['rate'] for g in got]
+    why = {}
+    for g in got:
+        for k, v in g['why'].items():
+            why[k] = why.get(k, 0) + v
+    return {'rate': statistics.median(rates), 'rates': rates,
+            'claims': sum(g['claims'] for g in got), 'elapsed': sum(g['elapsed'] for g in got),
+            'latencies': [x for g in got for x in g['latencies']],
+            'doubles': sum(g['doubles'] for g in got), 'why': why,
+            'fell_back': sum(g['fell_back'] for g in got),
+            'ran_out': any(g['ran_out'] for g in got)}
 
 
 # -- open loop ---------------------------------------------------------------
