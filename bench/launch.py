@@ -220,14 +220,15 @@ def fill(ctx, delay, nodes, settings=None):
         config = write_config(ctx.workdir, url, providers, **(settings or {}))
         env = script_env(config, clouds_yaml)
         with ThreadSampler('devstack-vm-launch') as threads:
-            cloud_cpu = [process_cpu(pid) for pid in cloud_pids]
+            clouds_before = [process_cpu(pid) for pid in cloud_pids]
             started, epoch = time.perf_counter(), time.time()
             with concurrent.futures.ThreadPoolExecutor(len(PROVIDERS)) as pool:
                 procs = list(pool.map(lambda name: spawn_measured(
                     script('devstack-vm-launch.py', name), env=env, cwd=ctx.workdir,
                     timeout=900), PROVIDERS))
             wall = time.perf_counter() - started
-            cloud_cpu = sum(process_cpu(pid) - before for pid, before in zip(cloud_pids, cloud_cpu))
+            cloud_cpu = sum(process_cpu(pid) - before
+                            for pid, before in zip(cloud_pids, clouds_before))
         for name, proc in zip(PROVIDERS, procs):
             if proc['rc'] != 0:
                 raise RuntimeError('devstack-vm-launch.py %s exited %d: %s'
@@ -252,8 +253,9 @@ def fill(ctx, delay, nodes, settings=None):
     timeline = {what: [round(min(ts) - epoch, 2), round(max(ts) - epoch, 2)] if ts else None
                 for what, ts in (('created', [n.created for n in rows]), ('active', active_at),
                                  ('ready', [n.state_time for n in ready]))}
-    return {'wall': wall, 'epoch': epoch, 'timeline': timeline, 'reference': reference, 'ssh': ssh_part, 'calls': calls,
-            'lists_per_run': max(lists), 'latencies': latencies, 'threads': threads.peak,
+    return {'wall': wall, 'epoch': epoch, 'timeline': timeline, 'reference': reference,
+            'ssh': ssh_part, 'calls': calls, 'lists_per_run': max(lists), 'latencies': latencies,
+            'threads': threads.peak,
             'rss': max(p['rss_mib'] for p in procs), 'cpu': sum(p['cpu'] for p in procs),
             'cloud_cpu': cloud_cpu,
             'stderr': {name: p['stderr'] for name, p in zip(PROVIDERS, procs)}}

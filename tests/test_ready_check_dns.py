@@ -66,6 +66,8 @@ def _dns_queries(tmp_path, command):
     (tmp_path / 'nsswitch.conf').write_text('hosts: files dns\n')
     (tmp_path / 'resolv.conf').write_text('nameserver 127.0.0.1\noptions timeout:1 attempts:1\n')
     (tmp_path / 'recorder.py').write_text(RECORDER)
+    for stale in ('queries', 'queries.up'):       # an earlier call's: wait for this recorder
+        (tmp_path / stale).unlink(missing_ok=True)
     try:
         done = subprocess.run(['unshare', '--mount', '--net', 'sh', '-c', SCRIPT, 'sh',
                                str(tmp_path), sys.executable, command],
