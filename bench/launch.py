@@ -253,7 +253,7 @@ def fill(ctx, delay, nodes, settings=None):
     timeline = {what: [round(min(ts) - epoch, 2), round(max(ts) - epoch, 2)] if ts else None
                 for what, ts in (('created', [n.created for n in rows]), ('active', active_at),
                                  ('ready', [n.state_time for n in ready]))}
-    return {'wall': wall, 'epoch': epoch, 'timeline': timeline, 'reference': reference,
+    return {'wall': wall, 'timeline': timeline, 'reference': reference,
             'ssh': ssh_part, 'calls': calls, 'lists_per_run': max(lists), 'latencies': latencies,
             'threads': threads.peak,
             'rss': max(p['rss_mib'] for p in procs), 'cpu': sum(p['cpu'] for p in procs),
